@@ -1,0 +1,21 @@
+"""crossws's programming model — hooks, peers, pub/sub — for aiohttp, over Server-Sent Events."""
+
+from __future__ import annotations
+
+from ._adapter import SSEAdapter, sse_adapter
+from ._hooks import Hooks, SSEError, define_hooks
+from ._message import Message
+from ._peer import CloseDetails, Peer
+
+__all__ = [
+    "CloseDetails",
+    "Hooks",
+    "Message",
+    "Peer",
+    "SSEAdapter",
+    "SSEError",
+    "define_hooks",
+    "sse_adapter",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,105 @@
+"""WHATWG event-stream encoding: one ``bytes`` frame per event.
+
+A frame is the complete wire form of one event *including* its HTTP/1.1 chunk
+header and trailer, so that a publish encodes once and every subscriber's
+transport receives the very same bytes object.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "KEEPALIVE_FRAME",
+    "encode_comment",
+    "encode_event",
+    "to_text",
+    "unchunk",
+]
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\0]")
+
+
+def to_text(data: Any) -> str:
+    """Convert ``data`` to the text of an event (DESIGN "Data conversion")."""
+    if isinstance(data, str):
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        encoded = base64.b64encode(data).decode("ascii")
+        return "data:application/octet-stream;base64," + encoded
+    if isinstance(data, dict | list):
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(data, int | float):  # bool is an int
+        return str(data)
+    if data is None:
+        return ""
+    raise TypeError(f"cannot send data of type {type(data).__name__}")
+
+
+def _check_field(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if _FORBIDDEN_IN_FIELD.search(value):
+        raise ValueError(f"{name} must not contain a line break or NUL: {value!r}")
+    return value
+
+
+def _chunk(body: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+def encode_event(
+    data: Any,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """Encode one event as a chunked HTTP/1.1 frame.
+
+    Every line of the data (split on CRLF, LF and CR) becomes its own
+    ``data:`` line. ``event``/``id`` with a line break or NUL and a negative
+    ``retry`` raise ``ValueError``; wrong types raise ``TypeError``.
+    """
+    text = to_text(data)
+    head = ""
+    if id is not None:
+        head += "id: " + _check_field("id", id) + "\n"
+    if event is not None:
+        head += "event: " + _check_field("event", event) + "\n"
+    if retry is not None:
+        if not isinstance(retry, int) or isinstance(retry, bool):
+            raise TypeError(f"retry must be an int, not {type(retry).__name__}")
+        if retry < 0:
+            raise ValueError(f"retry must not be negative: {retry}")
+        head += f"retry: {retry}\n"
+    if "\n" in text or "\r" in text:
+        body = "".join("data: " + line + "\n" for line in _LINE_BREAK.split(text))
+    else:
+        body = "data: " + text + "\n"
+    return _chunk((head + body + "\n").encode("utf-8"))
+
+
+def encode_retry(retry: int) -> bytes:
+    """A frame that only sets the client's reconnection time (no event)."""
+    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
+        raise ValueError(f"retry must be a non-negative int: {retry!r}")
+    return _chunk(f"retry: {retry}\n\n".encode())
+
+
+def encode_comment(text: str) -> bytes:
+    """A comment frame (``: text``); clients ignore it, proxies see traffic."""
+    lines = _LINE_BREAK.split(text)
+    return _chunk("".join(": " + line + "\n" for line in lines).encode("utf-8") + b"\n")
+
+
+KEEPALIVE_FRAME = encode_comment("ping")
+
+
+def unchunk(frame: bytes) -> bytes:
+    """The event-stream bytes of a frame, without HTTP chunk framing."""
+    return frame[frame.index(b"\r\n") + 2 : -2]

@@ -1,0 +1,191 @@
+"""Hooks: ``define_hooks``, calling sync/async hooks, the resolver, ``SSEError``."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ._message import Message
+    from ._peer import CloseDetails, Peer
+
+__all__ = ["HOOK_NAMES", "Hooks", "SSEError", "Upgrade", "define_hooks", "logger"]
+
+logger = logging.getLogger("aiohttp_crossws_sse")
+
+HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
+
+UpgradeResult: TypeAlias = "None | Mapping[str, Any] | web.StreamResponse"
+UpgradeHook: TypeAlias = Callable[
+    [web.Request], "UpgradeResult | Awaitable[UpgradeResult]"
+]
+OpenHook: TypeAlias = Callable[["Peer"], "None | Awaitable[None]"]
+MessageHook: TypeAlias = Callable[["Peer", "Message"], "None | Awaitable[None]"]
+CloseHook: TypeAlias = Callable[["Peer", "CloseDetails"], "None | Awaitable[None]"]
+ErrorHook: TypeAlias = Callable[["Peer | None", "SSEError"], "None | Awaitable[None]"]
+
+
+class SSEError(Exception):
+    """What the ``error`` hook receives; ``__cause__`` is the original exception."""
+
+
+class Hooks:
+    """A set of lifecycle hooks; any subset may be ``None``."""
+
+    __slots__ = HOOK_NAMES
+
+    def __init__(
+        self,
+        *,
+        upgrade: UpgradeHook | None = None,
+        open: OpenHook | None = None,
+        message: MessageHook | None = None,
+        close: CloseHook | None = None,
+        error: ErrorHook | None = None,
+    ) -> None:
+        for name, hook in (
+            ("upgrade", upgrade),
+            ("open", open),
+            ("message", message),
+            ("close", close),
+            ("error", error),
+        ):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"hook {name!r} must be callable, not {type(hook).__name__}")
+        self.upgrade = upgrade
+        self.open = open
+        self.message = message
+        self.close = close
+        self.error = error
+
+    def __repr__(self) -> str:
+        names = [n for n in HOOK_NAMES if getattr(self, n) is not None]
+        return f"<Hooks {' '.join(names) or '(none)'}>"
+
+
+def define_hooks(
+    *,
+    upgrade: UpgradeHook | None = None,
+    open: OpenHook | None = None,
+    message: MessageHook | None = None,
+    close: CloseHook | None = None,
+    error: ErrorHook | None = None,
+) -> Hooks:
+    """Bundle lifecycle hooks; each may be a plain or a coroutine function."""
+    return Hooks(upgrade=upgrade, open=open, message=message, close=close, error=error)
+
+
+def as_hooks(obj: object, what: str = "hooks") -> Hooks:
+    """Normalise a ``Hooks``, a ``dict`` of hook names, or an object with hook attributes."""
+    if isinstance(obj, Hooks):
+        return obj
+    if isinstance(obj, Mapping):
+        unknown = [k for k in obj if k not in HOOK_NAMES]
+        if unknown:
+            raise TypeError(f"{what}: unknown hook name {unknown[0]!r}")
+        return Hooks(**obj)
+    return Hooks(**{n: getattr(obj, n, None) for n in HOOK_NAMES})
+
+
+async def call(hook: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync or async hook and return its result."""
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def report(hooks: tuple[Hooks, ...], peer: Peer | None, err: SSEError) -> None:
+    """Run every ``error`` hook; a failing error hook is logged, never raised."""
+    for h in hooks:
+        if h.error is None:
+            continue
+        try:
+            await call(h.error, peer, err)
+        except Exception:
+            logger.exception("error hook failed")
+
+
+def wrap(message: str, cause: BaseException) -> SSEError:
+    err = SSEError(f"{message}: {cause!r}")
+    err.__cause__ = cause
+    return err
+
+
+Resolver: TypeAlias = Callable[[web.Request], "object | None | Awaitable[object | None]"]
+
+
+class Upgrade:
+    """The merged outcome of the ``upgrade`` hooks of one request."""
+
+    __slots__ = ("context", "headers", "namespace", "response")
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.context: dict[str, Any] | None = None
+        self.namespace: str | None = None
+        self.response: web.StreamResponse | None = None  # set: rejected
+
+    def merge(self, result: object) -> None:
+        if result is None:
+            return
+        if isinstance(result, web.StreamResponse):
+            self.response = result
+            return
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                "upgrade hook must return None, a dict or a web.StreamResponse, "
+                f"not {type(result).__name__}"
+            )
+        for key, value in result.items():
+            if key == "headers":
+                if value is None:
+                    continue
+                if not isinstance(value, Mapping):
+                    raise TypeError(f"upgrade hook: headers must be a mapping, not {value!r}")
+                for name, v in value.items():
+                    self.headers[str(name)] = str(v)
+            elif key == "context":
+                if value is None:
+                    continue
+                if not isinstance(value, dict):
+                    raise TypeError(f"upgrade hook: context must be a dict, not {value!r}")
+                if self.context is None:
+                    self.context = value  # the very dict the hook returned
+                else:
+                    self.context.update(value)
+            elif key == "namespace":
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"upgrade hook: namespace must be a str, not {value!r}")
+                if value is not None:
+                    self.namespace = value
+            else:
+                raise TypeError(f"upgrade hook returned unknown key {key!r}")
+
+
+async def run_upgrade(hooks: tuple[Hooks, ...], request: web.Request) -> Upgrade:
+    """Run every ``upgrade`` hook in order (global first); stop at the first rejection.
+
+    Raises ``SSEError`` (cause: the hook's exception) for a failing hook that
+    did not reject with a response.
+    """
+    outcome = Upgrade()
+    for h in hooks:
+        if h.upgrade is None:
+            continue
+        try:
+            outcome.merge(await call(h.upgrade, request))
+        except web.HTTPException as exc:
+            outcome.response = exc
+        except Exception as exc:
+            response = getattr(exc, "response", None)
+            if not isinstance(response, web.StreamResponse):
+                raise wrap("upgrade hook failed", exc) from exc
+            outcome.response = response
+        if outcome.response is not None:
+            break
+    return outcome
