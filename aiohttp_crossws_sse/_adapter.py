@@ -207,12 +207,12 @@ class SSEAdapter:
             namespace = options.namespace(request)
         else:
             namespace = request.path
-        context = upgrade.context if upgrade.context is not None else {}
-        peer = Peer(request, registry, namespace, hooks, context)
-
+        peer = Peer(request, registry, namespace, hooks, upgrade.context)
         response = _EventStream(send_timeout=options.send_timeout, ping_interval=options.keepalive)
-        for name, value in upgrade.headers.items():
-            response.headers[name] = value
+        if upgrade.headers:
+            for name, value in upgrade.headers.items():
+                response.headers[name] = value
+        del upgrade  # frame locals live as long as the stream
         if self._bidir:
             response.headers["x-crossws-id"] = peer.id
         try:
@@ -220,6 +220,7 @@ class SSEAdapter:
             send_headers = getattr(writer, "send_headers", None)
             if send_headers is not None:
                 send_headers()  # our frames bypass the writer
+            del writer, send_headers
         except ConnectionError:
             return response
         transport = request.transport

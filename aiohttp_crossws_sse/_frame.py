@@ -13,12 +13,19 @@ import re
 from typing import Any
 
 __all__ = [
+    "EAGER_WRITE",
     "KEEPALIVE_FRAME",
     "encode_comment",
     "encode_event",
     "to_text",
     "unchunk",
 ]
+
+# A frame this big is written to a peer's transport as soon as it is
+# published (when nothing is queued before it), so the client reads it while
+# the next one is encoded; smaller ones wait for the end of the loop iteration
+# and leave in one joined write.
+EAGER_WRITE = 16384
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\0]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["HOOK_NAMES", "Hooks", "SSEError", "Upgrade", "define_hooks", "logger"]
 
 logger = logging.getLogger("aiohttp_crossws_sse")
+
+_FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
 
@@ -125,7 +128,7 @@ class Upgrade:
     __slots__ = ("context", "headers", "namespace", "response")
 
     def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] | None = None
         self.context: dict[str, Any] | None = None
         self.namespace: str | None = None
         self.response: web.StreamResponse | None = None  # set: rejected
@@ -147,8 +150,13 @@ class Upgrade:
                     continue
                 if not isinstance(value, Mapping):
                     raise TypeError(f"upgrade hook: headers must be a mapping, not {value!r}")
+                if self.headers is None:
+                    self.headers = {}
                 for name, v in value.items():
-                    self.headers[str(name)] = str(v)
+                    text = str(v)
+                    if _FORBIDDEN_IN_HEADER.search(str(name)) or _FORBIDDEN_IN_HEADER.search(text):
+                        raise ValueError(f"upgrade hook: header {name!r} has a control character")
+                    self.headers[str(name)] = text
             elif key == "context":
                 if value is None:
                     continue

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._frame import encode_event, unchunk
+from ._frame import EAGER_WRITE, encode_event, unchunk
 from ._hooks import Hooks, call, logger, report, wrap
 
 from ._registry import Namespace
@@ -40,6 +40,10 @@ REASON_OPEN_FAILED = "open hook failed"
 
 
 MAX_EVENT_ID_LENGTH = 256
+
+# Small frames pushed during one loop iteration are joined into writes of
+# about this many bytes.
+_COALESCE = EAGER_WRITE
 
 
 def last_event_id(request: web.BaseRequest) -> str | None:
@@ -121,7 +125,7 @@ class Peer:
         "_stall_timer",
         "_topics",
         "_transport",
-        "context",
+        "_context",
         "id",
         "request",
     )
@@ -132,15 +136,17 @@ class Peer:
         registry: Registry,
         namespace: str,
         hooks: tuple[Hooks, ...],
-        context: dict[str, Any],
+        context: dict[str, Any] | None,
     ) -> None:
         self.id: str = str(uuid.uuid4())
         self.request = request
-        self.context = context
+        self._context = context  # created on first use: most peers never need one
         self._registry = registry
         self._namespace = Namespace(namespace)  # replaced by the registry's on add
         self._hooks = hooks
-        self._topics: set[str] | None = None
+        # A tuple: most peers hold a topic or two, and an empty set alone
+        # costs 216 bytes per connection.
+        self._topics: tuple[str, ...] = ()
         self._state = CONNECTING
         self._transport: asyncio.Transport | None = None
         self._protocol: _PeerProtocol | None = None
@@ -159,6 +165,13 @@ class Peer:
     # -- public surface ---------------------------------------------------
 
     @property
+    def context(self) -> dict[str, Any]:
+        """Per-peer state, shared with the upgrade hook's ``context``."""
+        if self._context is None:
+            self._context = {}
+        return self._context
+
+    @property
     def namespace(self) -> str:
         """The peer's namespace (default: the request path)."""
         return self._namespace.name
@@ -171,7 +184,7 @@ class Peer:
     @property
     def topics(self) -> frozenset[str]:
         """The topics this peer is subscribed to."""
-        return frozenset(self._topics or ())
+        return frozenset(self._topics)
 
     @property
     def peers(self) -> Mapping[str, Peer]:
@@ -229,16 +242,14 @@ class Peer:
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         if self._state > OPEN:
             return
-        if self._topics is None:
-            self._topics = set()
         if topic not in self._topics:
-            self._topics.add(topic)
+            self._topics = (*self._topics, topic)
             self._namespace.join(topic, self)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``."""
-        if self._topics is not None and topic in self._topics:
-            self._topics.discard(topic)
+        if topic in self._topics:
+            self._topics = tuple(t for t in self._topics if t != topic)
             self._namespace.leave(topic, self)
 
     def publish(self, topic: str, data: Any, *, event: str | None = None) -> None:
@@ -292,6 +303,11 @@ class Peer:
     def _push(self, frame: bytes) -> None:
         queue = self._queue
         if not queue:
+            if len(frame) >= EAGER_WRITE and not self._paused and self._chunked:
+                transport = self._transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(frame)
+                    return
             self._registry.mark_dirty(self)
         queue.append(frame)
         self._queued += len(frame)
@@ -306,12 +322,27 @@ class Peer:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        data = queue[0] if len(queue) == 1 else b"".join(queue)
-        if not self._chunked:  # HTTP/1.0: close-delimited, no chunk framing
-            data = b"".join(unchunk(f) for f in queue)
+        queued = self._queued
         self._queue = []
         self._queued = 0
-        transport.write(data)
+        if not self._chunked:  # HTTP/1.0: close-delimited, no chunk framing
+            transport.write(b"".join(unchunk(f) for f in queue))
+        elif len(queue) == 1:
+            transport.write(queue[0])
+        elif queued <= _COALESCE:
+            transport.write(b"".join(queue))
+        else:
+            # Big frames go one write each: the transport hands each to the
+            # kernel at once while the client reads the previous one; small
+            # ones are joined into writes of about _COALESCE bytes.
+            start = size = 0
+            for end, frame in enumerate(queue, 1):
+                size += len(frame)
+                if size >= _COALESCE:
+                    transport.write(frame if end - start == 1 else b"".join(queue[start:end]))
+                    start, size = end, 0
+            if start < len(queue):
+                transport.write(b"".join(queue[start:]))
         self._wake()
 
     def _overflow(self) -> None:

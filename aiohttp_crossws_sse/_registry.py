@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ._frame import KEEPALIVE_FRAME, encode_event
+from ._frame import EAGER_WRITE, KEEPALIVE_FRAME, encode_event
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -112,7 +112,7 @@ class Registry:
             return
         ns = peer._namespace
         ns.peers.pop(peer.id, None)
-        for topic in peer._topics or ():
+        for topic in peer._topics:
             ns.leave(topic, peer)
         if not ns.peers and not ns.topics and self.namespaces.get(ns.name) is ns:
             del self.namespaces[ns.name]
@@ -165,10 +165,19 @@ class Registry:
         if members is None:
             members = entry.snapshot = tuple(entry.members)
         size = len(frame)
+        if size >= EAGER_WRITE:
+            count = 0
+            for peer in members:
+                if peer is not sender:
+                    peer._push(frame)
+                    count += 1
+            self.stats.deliveries += count
+            return
         limit = self.options.max_buffer
         dirty = self._dirty
         count = 0
-        # Peer._push inlined: this loop runs once per subscriber per publish.
+        # Peer._push inlined for small frames: this loop runs once per
+        # subscriber per publish.
         for peer in members:
             if peer is sender:
                 continue

@@ -4,7 +4,7 @@ Works with any SSE endpoint; with an endpoint of this package in
 bidirectional mode it also knows the crossws peer id and can
 :meth:`~EventSourceClient.send` messages back::
 
-    async with connect("http://localhost:8080/_ws") as client:
+    async with connect("http://localhost:8080/sse") as client:
         await client.send({"hello": "world"})
         async for event in client:
             print(event.event, event.data)
@@ -37,10 +37,11 @@ _ERROR_BODY_WAIT = 5.0
 
 
 class SSEClientError(Exception):
-    """The server refused the stream or a :meth:`EventSourceClient.send`.
+    """A client failure: the server refused the stream or a ``send()``.
 
-    ``status`` is the HTTP status (``None`` when there was no response) and
-    ``body`` the start of the response body as text.
+    Also raised by ``send()`` without a peer id and by ``next_event()`` once
+    the stream has ended. ``status`` is the HTTP status (``None`` when there
+    was no response) and ``body`` the start of the response body as text.
     """
 
     def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
