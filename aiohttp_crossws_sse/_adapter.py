@@ -70,7 +70,9 @@ class SSEAdapter:
         """Whether clients may send messages over ``POST``."""
         return self._bidir
 
-    def setup(self, app: web.Application, path: str, **route_kwargs: Any) -> list[web.AbstractRoute]:
+    def setup(
+        self, app: web.Application, path: str, **route_kwargs: Any
+    ) -> list[web.AbstractRoute]:
         """Register the stream route (and the message route with ``bidir``) on
         ``path`` and tie the adapter to ``app``'s shutdown. Returns the routes."""
         routes = [app.router.add_get(path, self._stream, allow_head=False, **route_kwargs)]

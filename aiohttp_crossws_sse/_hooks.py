@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import re
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -23,9 +23,7 @@ _FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
 
 UpgradeResult: TypeAlias = "None | Mapping[str, Any] | web.StreamResponse"
-UpgradeHook: TypeAlias = Callable[
-    [web.Request], "UpgradeResult | Awaitable[UpgradeResult]"
-]
+UpgradeHook: TypeAlias = Callable[[web.Request], "UpgradeResult | Awaitable[UpgradeResult]"]
 OpenHook: TypeAlias = Callable[["Peer"], "None | Awaitable[None]"]
 MessageHook: TypeAlias = Callable[["Peer", "Message"], "None | Awaitable[None]"]
 CloseHook: TypeAlias = Callable[["Peer", "CloseDetails"], "None | Awaitable[None]"]

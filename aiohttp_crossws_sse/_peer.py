@@ -20,7 +20,6 @@ from aiohttp import web
 
 from ._frame import EAGER_WRITE, encode_event, unchunk
 from ._hooks import Hooks, call, logger, report, wrap
-
 from ._registry import Namespace
 
 if TYPE_CHECKING:
@@ -100,7 +99,7 @@ class _PeerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._inner.connection_lost(exc)
-        self._peer._on_lost()
+        self._peer._on_lost(exc)
 
 
 class Peer:
@@ -109,6 +108,7 @@ class Peer:
     __slots__ = (
         "_chunked",
         "_closed",
+        "_context",
         "_details",
         "_dropped",
         "_ended",
@@ -121,11 +121,10 @@ class Peer:
         "_queued",
         "_registry",
         "_resumed",
-        "_state",
         "_stall_timer",
+        "_state",
         "_topics",
         "_transport",
-        "_context",
         "id",
         "request",
     )
@@ -432,10 +431,12 @@ class Peer:
             self._ended.set_result(graceful)
         self._wake()
 
-    def _on_lost(self) -> None:
+    def _on_lost(self, exc: Exception | None = None) -> None:
         self._transport = None
         self._paused = False
-        self._end(CloseDetails(None, REASON_LOST), graceful=False)
+        # ETIMEDOUT: the kernel's TCP user timeout (send_timeout) gave up on it
+        reason = REASON_STALLED if isinstance(exc, TimeoutError) else REASON_LOST
+        self._end(CloseDetails(None, reason), graceful=False)
         self._wake()  # a graceful end may be waiting to drain
 
     async def _drain(self, timeout: float | None) -> None:
