@@ -53,7 +53,8 @@ class SSEAdapter:
         self._resolve = resolve
         self._bidir = bidir
         self.options = Options.from_kwargs(options)
-        self._registry = Registry(self.options)
+        self._registry = Registry(self.options, self._relay_failed)
+        self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
@@ -147,14 +148,33 @@ class SSEAdapter:
             self._registry.close()
             if self.options.sync is not None:
                 await self.options.sync.close()
+            self._started = False
         finally:
             self._closed.set_result(None)
 
     # -- lifecycle --------------------------------------------------------------
 
-    async def _on_startup(self, app: web.Application) -> None:
+    async def start(self) -> None:
+        """Connect the ``sync`` backplane (``setup`` does this on app startup).
+
+        Call it yourself when you mount ``handler`` without ``setup``."""
+        if self._started:
+            return
+        self._started = True
         self._closing = False
         self._closed = None
+        if self.options.sync is not None:
+            await self.options.sync.start(self._registry.deliver_relayed)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.start()
+
+    def _relay_failed(self, peer: Peer | None, exc: Exception) -> None:
+        err = wrap("backplane publish failed", exc)
+        logger.error("%s", err, exc_info=exc)
+        hooks = peer._hooks if peer is not None else self._hooks
+        if any(h.error is not None for h in hooks):
+            self._spawn(report(hooks, peer, err))
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()

@@ -17,6 +17,7 @@ __all__ = [
     "KEEPALIVE_FRAME",
     "encode_comment",
     "encode_event",
+    "encode_text",
     "to_text",
     "unchunk",
 ]
@@ -72,7 +73,17 @@ def encode_event(
     ``data:`` line. ``event``/``id`` with a line break or NUL and a negative
     ``retry`` raise ``ValueError``; wrong types raise ``TypeError``.
     """
-    text = to_text(data)
+    return encode_text(to_text(data), event=event, id=id, retry=retry)
+
+
+def encode_text(
+    text: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """``encode_event`` for data already converted to text."""
     head = ""
     if id is not None:
         head += "id: " + _check_field("id", id) + "\n"

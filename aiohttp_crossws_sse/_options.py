@@ -69,6 +69,10 @@ class Options:
                     f"not {type(self.sync).__name__}"
                 )
         _integer("history", self.history, minimum=0)
+        if self.history:
+            raise ValueError(
+                "option 'history': Last-Event-ID replay is not available yet; leave it at 0"
+            )
         _integer("shutdown_retry", self.shutdown_retry, allow_none=True, minimum=0)
         _number("shutdown_timeout", self.shutdown_timeout)
         _integer("retry_after", self.retry_after, minimum=0)

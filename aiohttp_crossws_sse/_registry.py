@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ._frame import EAGER_WRITE, KEEPALIVE_FRAME, encode_event
+from ._frame import EAGER_WRITE, KEEPALIVE_FRAME, encode_text, to_text
+from .sync.base import Relayed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._options import Options
     from ._peer import Peer
 
@@ -80,8 +83,13 @@ class Namespace:
 class Registry:
     """Every open peer of one adapter, and the machinery to reach them."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self,
+        options: Options,
+        on_relay_error: Callable[[Peer | None, Exception], None] | None = None,
+    ) -> None:
         self.options = options
+        self._on_relay_error = on_relay_error
         self.stats = Stats()
         self.peers: dict[str, Peer] = {}
         self.namespaces: dict[str, Namespace] = {}
@@ -146,10 +154,27 @@ class Registry:
         namespace: str | None = None,
         sender: Peer | None = None,
     ) -> None:
-        """Encode once and queue the same frame for every local subscriber."""
+        """Encode once, queue the same frame for every local subscriber, relay."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        frame = encode_event(data, event=event)
+        text = to_text(data)
+        self._deliver(topic, encode_text(text, event=event), namespace, sender)
+        sync = self.options.sync
+        if sync is not None:
+            try:
+                sync.publish(Relayed(topic, text, event=event, namespace=namespace))
+            except Exception as exc:  # a backplane must not break a handler
+                if self._on_relay_error is not None:
+                    self._on_relay_error(sender, exc)
+
+    def deliver_relayed(self, message: Relayed) -> None:
+        """A publish made by another instance: local subscribers only, never relayed."""
+        frame = encode_text(message.data, event=message.event, id=message.id)
+        self._deliver(message.topic, frame, message.namespace, None)
+
+    def _deliver(
+        self, topic: str, frame: bytes, namespace: str | None, sender: Peer | None
+    ) -> None:
         self.stats.frames_encoded += 1
         if namespace is None:
             for ns in tuple(self.namespaces.values()):

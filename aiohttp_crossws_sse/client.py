@@ -281,7 +281,7 @@ class EventSourceClient:
             raise StopAsyncIteration
         return event
 
-    async def next_event(self, timeout: float | None = 5.0) -> ServerSentEvent:  # noqa: ASYNC109
+    async def next_event(self, timeout: float | None = 5.0) -> ServerSentEvent:
         """Return the next event, waiting at most ``timeout`` seconds.
 
         Raises ``TimeoutError`` (its message lists the events seen so far)

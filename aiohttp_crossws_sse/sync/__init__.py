@@ -6,5 +6,6 @@ Backends are imported lazily so their client libraries stay optional.
 from __future__ import annotations
 
 from .base import Relayed, Sync
+from .memory import MemoryHub, MemorySync
 
-__all__ = ["Relayed", "Sync"]
+__all__ = ["MemoryHub", "MemorySync", "Relayed", "Sync"]
