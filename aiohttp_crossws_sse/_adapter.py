@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
+from ._bidir import receive
 from ._frame import encode_retry
 from ._hooks import Hooks, Resolver, SSEError, as_hooks, call, logger, report, run_upgrade, wrap
 from ._options import Options
@@ -285,7 +286,37 @@ class SSEAdapter:
     # -- bidirectional messages ---------------------------------------------------
 
     async def _message(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPNotImplemented(text="bidirectional mode is not implemented yet")
+        # The upgrade hooks guard this direction too; of their outcome only
+        # the namespace counts. resolve() is not called again: messages go
+        # to the hooks the peer was resolved with.
+        hooks = self._hooks
+        try:
+            upgrade = await run_upgrade(hooks, request)
+        except Exception as exc:
+            return await self._failed(hooks, "upgrade failed", exc)
+        if upgrade.response is not None:
+            return _rejection(upgrade.response)
+        if upgrade.namespace is not None:
+            namespace = upgrade.namespace
+        elif self.options.namespace is not None:
+            namespace = self.options.namespace(request)
+        else:
+            namespace = request.path
+        peer_id = request.headers.get("x-crossws-id")
+        if not peer_id:
+            return web.Response(status=400, text="missing x-crossws-id header")
+        peer = self._registry.peers.get(peer_id)
+        # The id is a capability: one from another namespace is as unknown
+        # as a made-up one (and answered the same, so nothing leaks).
+        if peer is None or peer.ready_state != OPEN or peer.namespace != namespace:
+            return web.Response(status=400, text="unknown peer id")
+        return await receive(
+            request,
+            peer,
+            max_size=self.options.max_message_size,
+            stats=self._registry.stats,
+            spawn=self._spawn,
+        )
 
 
 def _rejection(response: web.StreamResponse) -> web.StreamResponse:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aiohttp_crossws_sse._parser import EventStreamParser, ServerSentEvent
+from aiohttp_crossws_sse.testing import EventReader, wait_until
 
 # -- asyncio errors are test failures ------------------------------------------------
 
@@ -44,79 +43,10 @@ def no_asyncio_errors() -> Any:
     assert not errors, f"asyncio logged errors: {errors}"
 
 
-# -- reading an event stream ---------------------------------------------------------
+# -- reading an event stream: the package's pytest helpers -------------------------
 
-
-class EventReader:
-    """Reads a real ``text/event-stream`` body and parses it per WHATWG."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.parser = EventStreamParser()
-        self.events: list[ServerSentEvent] = []
-        self.raw = bytearray()
-        self._pending: deque[ServerSentEvent] = deque()
-        self.eof = False
-
-    @property
-    def comments(self) -> list[str]:
-        return self.parser.comments
-
-    async def _read(self, timeout: float) -> None:
-        try:
-            data = await asyncio.wait_for(self.response.content.readany(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no data within {timeout}s; events so far: {self.events}"
-            ) from None
-        if not data:
-            self.eof = True
-            return
-        self.raw += data
-        self._pending.extend(self.parser.feed(data))
-
-    async def next(self, timeout: float = 5.0) -> ServerSentEvent:
-        while not self._pending:
-            if self.eof:
-                raise AssertionError(f"stream ended; events so far: {self.events}")
-            await self._read(timeout)
-        event = self._pending.popleft()
-        self.events.append(event)
-        return event
-
-    async def take(self, n: int, timeout: float = 5.0) -> list[ServerSentEvent]:
-        return [await self.next(timeout) for _ in range(n)]
-
-    async def rest(self, timeout: float = 5.0) -> list[ServerSentEvent]:
-        """Every event until the server ends the stream."""
-        out: list[ServerSentEvent] = []
-        while True:
-            while self._pending:
-                event = self._pending.popleft()
-                self.events.append(event)
-                out.append(event)
-            if self.eof:
-                return out
-            await self._read(timeout)
-
-    async def comment(self, timeout: float = 5.0) -> str:
-        while not self.parser.comments:
-            if self.eof:
-                raise AssertionError("stream ended before a comment")
-            await self._read(timeout)
-        return self.parser.comments[0]
-
-
-async def wait_until(
-    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` (a bound, not a measurement)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+# Re-exported: test modules do ``from tests.conftest import EventReader, wait_until``.
+__all__ = ["EventReader", "wait_until"]
 
 
 async def settle(awaitable: Awaitable[Any], timeout: float = 5.0) -> Any:

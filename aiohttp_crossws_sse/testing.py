@@ -1,0 +1,451 @@
+"""A pytest plugin and assertion helpers for testing apps built on this package.
+
+Installing the package registers this module as a pytest plugin (entry point
+``pytest11``). It is opt-in safe: importing it changes nothing, and its
+fixtures only do something in tests that request them.
+
+Fixtures (they need ``pytest-aiohttp``; ``pip install pytest-aiohttp``):
+
+``sse_client``
+    A factory of connected :class:`~aiohttp_crossws_sse.client.EventSourceClient`
+    objects, each reading an adapter served by a real ``aiohttp_server``
+    (HTTP over 127.0.0.1). Every client it made is closed at teardown, then
+    the servers (their shutdown closes the adapters' peers, running close
+    hooks)::
+
+        async def test_welcome(sse_client):
+            sse = sse_adapter(define_hooks(open=lambda peer: peer.send("hi")))
+            client = await sse_client(sse)
+            assert (await next_event(client)).data == "hi"
+
+Helpers (usable with or without the fixtures):
+
+* :func:`next_event` -- the next event, or an ``AssertionError`` listing the
+  events seen so far when none comes in time or the stream ends;
+* :func:`wait_for_event` -- skip events until one matches, same failure;
+* :func:`wait_until` -- poll a condition with a bounded wait;
+* :class:`EventReader` -- parse a raw ``aiohttp.ClientResponse`` event stream
+  (for tests that make their requests with ``aiohttp_client``).
+
+Timeouts here are bounds that keep a broken test from hanging, never
+measurements: do not use them to assert on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from . import SSEAdapter
+from ._parser import EventStreamParser, ServerSentEvent
+from .client import EventSourceClient, SSEClientError, connect
+
+if TYPE_CHECKING:
+    from pytest_aiohttp import AiohttpServer
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - without pytest-aiohttp the fixture says so
+    pytest_asyncio = None  # type: ignore[assignment]
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "EventReader",
+    "SSEClientFactory",
+    "ServerSentEvent",
+    "next_event",
+    "sse_client",
+    "wait_for_event",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+#: Seconds every helper waits by default before failing.
+DEFAULT_TIMEOUT = 5.0
+
+# How much of the event history a failure message shows.
+_SHOW_EVENTS = 50
+_SHOW_DATA = 200
+
+
+# -- reading a raw event stream ------------------------------------------------------
+
+
+class EventReader:
+    """Reads a real ``text/event-stream`` body and parses it per WHATWG.
+
+    Wrap a response of your own request (e.g. ``await client.get("/sse")``
+    with the ``aiohttp_client`` fixture); the reader reads the body on
+    demand, only inside its methods. Closing the response stays your job.
+
+    Attributes: ``response``; ``events``, every event returned so far;
+    ``raw``, every byte read; ``eof``, whether the body ended; ``comments``,
+    the text after the colon of every comment line read (``": ping"`` is
+    ``" ping"``). Every method fails with an ``AssertionError`` that lists
+    the events seen so far when no data arrives within ``timeout`` seconds
+    (per read) or the stream ends first.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.parser = EventStreamParser()
+        self.events: list[ServerSentEvent] = []
+        self.raw = bytearray()
+        self._pending: deque[ServerSentEvent] = deque()
+        self.eof = False
+
+    @property
+    def comments(self) -> list[str]:
+        """Comment lines read so far (the text after the colon)."""
+        return self.parser.comments
+
+    async def _read(self, timeout: float) -> None:
+        try:
+            data = await asyncio.wait_for(self.response.content.readany(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no data within {timeout}s from {self.response.url}; {_describe(self.events)}"
+            ) from None
+        if not data:
+            self.eof = True
+            return
+        self.raw += data
+        self._pending.extend(self.parser.feed(data))
+
+    async def next(self, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
+        """Return the next event (reading until one is complete)."""
+        while not self._pending:
+            if self.eof:
+                raise AssertionError(
+                    f"the stream {self.response.url} ended; {_describe(self.events)}"
+                )
+            await self._read(timeout)
+        event = self._pending.popleft()
+        self.events.append(event)
+        return event
+
+    async def take(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+        """Return the next ``n`` events."""
+        return [await self.next(timeout) for _ in range(n)]
+
+    async def rest(self, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+        """Return every event until the server ends the stream."""
+        out: list[ServerSentEvent] = []
+        while True:
+            while self._pending:
+                event = self._pending.popleft()
+                self.events.append(event)
+                out.append(event)
+            if self.eof:
+                return out
+            await self._read(timeout)
+
+    async def comment(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Return the first comment line of the stream, reading until there is one."""
+        while not self.parser.comments:
+            if self.eof:
+                raise AssertionError(
+                    f"the stream {self.response.url} ended before a comment; "
+                    f"{_describe(self.events)}"
+                )
+            await self._read(timeout)
+        return self.parser.comments[0]
+
+
+# -- assertion helpers ---------------------------------------------------------------
+
+EventSource = EventSourceClient | EventReader
+
+
+def _describe(events: list[ServerSentEvent]) -> str:
+    """``events seen so far (n): ...``, one event a line, long data shortened."""
+    if not events:
+        return "events seen so far: none"
+    lines = [f"events seen so far ({len(events)}):"]
+    shown = events[-_SHOW_EVENTS:]
+    if len(shown) < len(events):
+        lines.append(f"  ... {len(events) - len(shown)} earlier events not shown")
+    for event in shown:
+        data = event.data
+        if len(data) > _SHOW_DATA:
+            data = data[:_SHOW_DATA] + f"... ({len(event.data)} chars)"
+        extra = f", id={event.id!r}" if event.id else ""
+        lines.append(f"  - event={event.event!r}, data={data!r}{extra}")
+    return "\n".join(lines)
+
+
+def _where(source: EventSource) -> str:
+    return str(source.url if isinstance(source, EventSourceClient) else source.response.url)
+
+
+async def _next(source: EventSource, timeout: float, wanted: str, bound: float) -> ServerSentEvent:
+    """The next event of ``source``, or an ``AssertionError`` naming ``wanted``."""
+    __tracebackhide__ = True
+    try:
+        if isinstance(source, EventReader):
+            return await source.next(timeout)
+        return await source.next_event(timeout)
+    except (TimeoutError, AssertionError):
+        if isinstance(source, EventReader) and source.eof:
+            reason = f"the stream ended before {wanted}"
+        else:
+            reason = f"no {wanted} within {bound}s"
+    except SSEClientError:
+        reason = f"the stream ended before {wanted}"
+    except (aiohttp.ClientError, OSError) as exc:
+        reason = f"the stream failed ({exc!r}) before {wanted}"
+    raise AssertionError(f"{reason} from {_where(source)}; {_describe(source.events)}")
+
+
+async def next_event(source: EventSource, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
+    """Return the next event of ``source`` (a client or an :class:`EventReader`).
+
+    Fails with an ``AssertionError`` that lists the events seen so far when
+    no event comes within ``timeout`` seconds or the stream ends first. A
+    client (not a reader) keeps its place after a timeout: nothing is lost.
+    """
+    __tracebackhide__ = True
+    return await _next(source, timeout, "event", timeout)
+
+
+async def wait_for_event(
+    source: EventSource,
+    match: Callable[[ServerSentEvent], bool] | None = None,
+    *,
+    data: str | None = None,
+    event: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ServerSentEvent:
+    """Read events of ``source`` until one matches; return it.
+
+    An event matches when ``match(event)`` is true (if given), its ``data``
+    equals ``data`` and its type equals ``event`` (each if given; the type of
+    an unnamed event is ``"message"``). Events read before it are skipped
+    (they stay in ``source.events``). ``timeout`` bounds the whole wait;
+    after it, or when the stream ends, an ``AssertionError`` lists the
+    events seen so far.
+    """
+    __tracebackhide__ = True
+    wanted = ", ".join(
+        part
+        for part in (
+            f"data={data!r}" if data is not None else "",
+            f"event={event!r}" if event is not None else "",
+            "match()" if match is not None else "",
+        )
+        if part
+    )
+    wanted = f"event with {wanted}" if wanted else "event"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(
+                f"no {wanted} within {timeout}s from {_where(source)}; {_describe(source.events)}"
+            )
+        got = await _next(source, remaining, wanted, timeout)
+        if (
+            (data is None or got.data == data)
+            and (event is None or got.event == event)
+            and (match is None or match(got))
+        ):
+            return got
+
+
+@overload
+async def wait_until(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval: float = ...,
+) -> T: ...
+
+
+async def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    *,
+    interval: float = 0.005,
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; return that value.
+
+    ``predicate`` may be a plain function or return an awaitable (a coroutine
+    function). It is checked at once, then every ``interval`` seconds; after
+    ``timeout`` seconds (a bound, not a measurement) an ``AssertionError``
+    says ``timed out waiting for {what}``, so name the condition::
+
+        await wait_until(lambda: not sse.peers, what="every peer closed")
+    """
+    __tracebackhide__ = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (after {timeout}s)")
+        await asyncio.sleep(interval)
+
+
+# -- the sse_client fixture ------------------------------------------------------------
+
+
+def _routes_path(app: web.Application, path: str) -> bool:
+    return any(resource.canonical == path for resource in app.router.resources())
+
+
+class SSEClientFactory:
+    """What the ``sse_client`` fixture returns; call it to get a client.
+
+    Servers are started on first use and reused: one per adapter and path
+    when the factory builds the app, one per ``app`` you pass. Everything is
+    closed by :meth:`close`, which the fixture calls at teardown.
+    """
+
+    def __init__(self, aiohttp_server: AiohttpServer) -> None:
+        self._aiohttp_server = aiohttp_server
+        self._apps: dict[tuple[SSEAdapter, str], web.Application] = {}
+        self._servers: list[tuple[web.Application, TestServer]] = []
+        #: Every client made, in order (closed ones included).
+        self.clients: list[EventSourceClient] = []
+
+    async def server(
+        self,
+        adapter: SSEAdapter | None = None,
+        path: str = "/sse",
+        *,
+        app: web.Application | None = None,
+    ) -> TestServer:
+        """The running server of ``adapter`` (at ``path``) or of ``app``.
+
+        Without ``app``, a new ``web.Application`` serves ``adapter`` at
+        ``path``. With ``app``, ``adapter.setup(app, path)`` is called unless
+        ``app`` already has a route at ``path`` (pass an app built by your
+        ``make_app()`` as is; ``adapter`` may then be ``None``).
+        """
+        if app is None:
+            if adapter is None:
+                raise TypeError("sse_client needs an adapter, an app, or both")
+            app = self._apps.get((adapter, path))
+            if app is None:
+                app = self._apps[adapter, path] = web.Application()
+        for served, server in self._servers:
+            if served is app:
+                return server
+        if not _routes_path(app, path):
+            if adapter is None:
+                raise ValueError(f"the app has no route at {path!r} and no adapter was given")
+            adapter.setup(app, path)
+        server = await self._aiohttp_server(app)
+        self._servers.append((app, server))
+        return server
+
+    async def url(
+        self,
+        adapter: SSEAdapter | None = None,
+        path: str = "/sse",
+        *,
+        app: web.Application | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> URL:
+        """The ``http://127.0.0.1:PORT/path?query`` URL of the stream (server started)."""
+        server = await self.server(adapter, path, app=app)
+        url = server.make_url(path)
+        return url.update_query(query) if query else url
+
+    async def __call__(
+        self,
+        adapter: SSEAdapter | None = None,
+        path: str = "/sse",
+        *,
+        app: web.Application | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        last_event_id: str | None = None,
+        reconnect: bool = False,
+        retry: float = 3.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        session: aiohttp.ClientSession | None = None,
+    ) -> EventSourceClient:
+        """Open a stream and return its connected client.
+
+        ``adapter``, ``path`` and ``app`` choose the server (see
+        :meth:`server`); ``query`` is added to the URL. The other arguments
+        are those of :func:`aiohttp_crossws_sse.client.connect`; ``timeout``
+        bounds the wait for the response headers. When the server refuses
+        the stream, :class:`~aiohttp_crossws_sse.client.SSEClientError`
+        (with ``status`` and ``body``) is raised. The client comes back
+        before any event is read: the peer is open once the first event
+        arrives (``await next_event(client)``), or see
+        ``wait_until(lambda: adapter.peers)``.
+        """
+        url = await self.url(adapter, path, app=app, query=query)
+        client = connect(
+            url,
+            session=session,
+            headers=headers,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            retry=retry,
+            timeout=timeout,
+        )
+        self.clients.append(client)
+        try:
+            await client.connected()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close every client made (servers close with ``aiohttp_server``)."""
+        for client in self.clients:
+            await client.close()
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def sse_client(aiohttp_server: AiohttpServer) -> AsyncIterator[SSEClientFactory]:
+        """A factory of connected SSE clients against real servers; see
+        :class:`SSEClientFactory`. ``await sse_client(adapter)`` opens a
+        stream of ``adapter`` served at ``/sse``; ``await sse_client(app=app)``
+        one of an app you built. Clients, then servers, close at teardown."""
+        factory = SSEClientFactory(aiohttp_server)
+        try:
+            yield factory
+        finally:
+            await factory.close()
+
+else:  # pragma: no cover
+
+    @pytest.fixture
+    def sse_client() -> Any:
+        """Needs pytest-aiohttp (``pip install pytest-aiohttp``)."""
+        pytest.fail("the sse_client fixture needs pytest-aiohttp: pip install pytest-aiohttp")

@@ -1,0 +1,988 @@
+"""Bidirectional mode: messages over POST (plain and streamed chunked bodies) — over real HTTP.
+
+Chunked bodies are written byte for byte over a raw socket, so the exact
+framing on the wire (and where TCP writes split it) is under the test's control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from aiohttp_crossws_sse import (
+    CloseDetails,
+    Message,
+    Peer,
+    SSEAdapter,
+    SSEError,
+    define_hooks,
+    sse_adapter,
+)
+from tests.conftest import EventReader, wait_until
+
+
+def make_app(sse: SSEAdapter, *paths: str) -> web.Application:
+    app = web.Application()
+    for path in paths or ("/sse",):
+        sse.setup(app, path)
+    return app
+
+
+async def open_stream(
+    client: TestClient[Any, Any], path: str = "/sse"
+) -> tuple[aiohttp.ClientResponse, EventReader, str]:
+    """GET the stream and read its ``crossws-id`` event."""
+    resp = await client.get(path)
+    assert resp.status == 200
+    reader = EventReader(resp)
+    first = await reader.next()
+    assert first.event == "crossws-id"
+    assert first.data == resp.headers["x-crossws-id"]
+    return resp, reader, first.data
+
+
+def head(
+    peer_id: str | None, path: str = "/sse", *, chunked: bool = True, extra: str = ""
+) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if peer_id is not None:
+        lines.append(f"x-crossws-id: {peer_id}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("Content-Type: application/octet-stream")
+    if extra:
+        lines.append(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class RawPost:
+    """One HTTP connection written byte for byte."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, client: TestClient[Any, Any]) -> RawPost:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        async with asyncio.timeout(timeout):
+            status_line = await self.reader.readuntil(b"\r\n")
+            headers: dict[str, str] = {}
+            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+    async def closed_by_server(self, timeout: float = 5.0) -> bool:
+        async with asyncio.timeout(timeout):
+            return await self.reader.read() == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def raw_post() -> AsyncIterator[Callable[[TestClient[Any, Any]], Awaitable[RawPost]]]:
+    """Opens raw connections to the test server; all are closed at teardown."""
+    posts: list[RawPost] = []
+
+    async def open_(client: TestClient[Any, Any]) -> RawPost:
+        post = await RawPost.open(client)
+        posts.append(post)
+        return post
+
+    yield open_
+    for post in posts:
+        post.close()
+        with contextlib.suppress(ConnectionError):
+            await post.writer.wait_closed()
+
+
+class Got:
+    """Message hooks that record what they see."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.errors: list[tuple[Peer | None, SSEError]] = []
+        self.posts = 0  # upgrade calls for POSTs: the handler has started
+
+    @property
+    def texts(self) -> list[str]:
+        return [m.text() for m in self.messages]
+
+    def upgrade(self, request: web.Request) -> None:
+        if request.method == "POST":
+            self.posts += 1
+
+    def message(self, peer: Peer, message: Message) -> None:
+        self.messages.append(message)
+
+    def error(self, peer: Peer | None, err: SSEError) -> None:
+        self.errors.append((peer, err))
+
+
+async def setup(
+    aiohttp_client: Any, **options: Any
+) -> tuple[Got, SSEAdapter, TestClient[Any, Any], aiohttp.ClientResponse, str]:
+    got = Got()
+    sse = sse_adapter(got, bidir=True, **options)
+    client = await aiohttp_client(make_app(sse))
+    resp, _, peer_id = await open_stream(client)
+    return got, sse, client, resp, peer_id
+
+
+# -- the stream side ------------------------------------------------------------------
+
+
+async def test_stream_carries_id_header_and_first_event(aiohttp_client: Any) -> None:
+    sse = sse_adapter(define_hooks(open=lambda peer: peer.send("welcome")), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    resp, reader, peer_id = await open_stream(client)
+    assert list(sse.peers) == [peer_id]
+    assert (await reader.next()).data == "welcome"
+    resp.close()
+
+
+# -- plain bodies ---------------------------------------------------------------------
+
+
+async def test_plain_body_is_one_message(aiohttp_client: Any) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    resp = await client.post("/sse", data=b"hello \xe2\x9c\x93", headers={"x-crossws-id": peer_id})
+    assert resp.status == 200
+    assert await resp.read() == b""
+    await wait_until(lambda: len(got.messages) == 1)
+    (msg,) = got.messages
+    assert msg.peer is sse.peers[peer_id]
+    assert msg.raw_data == b"hello \xe2\x9c\x93"
+    assert msg.bytes() == msg.raw_data
+    assert msg.text() == "hello \u2713"
+    assert uuid.UUID(msg.id).version == 4
+    assert sse.stats()["messages_received"] == 1
+    stream.close()
+
+
+async def test_plain_bodies_json_empty_and_invalid_utf8(aiohttp_client: Any) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    headers = {"x-crossws-id": peer_id}
+    for body in (b'{"a": [1, 2]}', b"", b"\xff\xfe"):
+        assert (await client.post("/sse", data=body, headers=headers)).status == 200
+    await wait_until(lambda: len(got.messages) == 3)
+    as_json, empty, invalid = got.messages
+    assert as_json.json() == {"a": [1, 2]}
+    assert empty.raw_data == b"" and empty.text() == ""
+    with pytest.raises(ValueError):
+        invalid.text()
+    with pytest.raises(ValueError):
+        invalid.json()
+    assert len({m.id for m in got.messages}) == 3
+    assert sse.stats()["messages_received"] == 3
+    stream.close()
+
+
+async def test_plain_body_arriving_in_pieces(aiohttp_client: Any, raw_post: Any) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id, chunked=False, extra="Content-Length: 10") + b"abc")
+    await wait_until(lambda: got.posts == 1)
+    await post.send(b"defg")
+    await post.send(b"hij")
+    status, _, _ = await post.response()
+    assert status == 200
+    assert got.texts == ["abcdefghij"]
+    post.close()
+    stream.close()
+
+
+# -- streamed chunked bodies --------------------------------------------------------
+
+# Each scenario: the writes, and the messages the hook must have seen after each.
+FRAMINGS: dict[str, list[tuple[bytes, list[str]]]] = {
+    # what most clients send: each chunk whole, CRLF included
+    "standard": [
+        (b"", []),
+        (b"5\r\nhello\r\n", ["hello"]),
+        (b"6\r\n world\r\n", ["hello", " world"]),
+        (b"0\r\n\r\n", ["hello", " world"]),
+    ],
+    # Node's fetch (WebSocketSSE): the first chunk rides with the headers and
+    # each chunk's CRLF comes with the next one
+    "fetch": [
+        (b"4\r\nping", ["ping"]),
+        (b"\r\n5\r\nworld", ["ping", "world"]),
+        (b"\r\n1\r\na\r\n2\r\nbb", ["ping", "world", "a", "bb"]),
+        (b"\r\n0\r\n\r\n", ["ping", "world", "a", "bb"]),
+    ],
+    # two complete chunks per TCP write
+    "two per write": [
+        (b"5\r\nhello\r\n5\r\nworld\r\n", ["hello", "world"]),
+        (b"1\r\na\r\n2\r\nbb\r\n", ["hello", "world", "a", "bb"]),
+        (b"0\r\n\r\n", ["hello", "world", "a", "bb"]),
+    ],
+    # chunks split across TCP writes, inside size lines, data and CRLFs
+    "split": [
+        (b"5\r\nhel", []),
+        (b"lo", ["hello"]),
+        (b"\r", ["hello"]),
+        (b"\n1", ["hello"]),
+        (b"0\r", ["hello"]),
+        (b"\n0123456789", ["hello"]),
+        (b"abcdef\r\n3;ext=1\r", ["hello", "0123456789abcdef"]),
+        (b"\nxyz\r\n0\r\n\r\n", ["hello", "0123456789abcdef", "xyz"]),
+    ],
+}
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+async def test_chunked_body_one_message_per_chunk_as_it_arrives(
+    aiohttp_client: Any, raw_post: Any, framing: str
+) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    writes = FRAMINGS[framing]
+    first, expected = writes[0]
+    await post.send(head(peer_id) + first)
+    await wait_until(lambda: got.posts == 1, what="the POST handler")
+    await wait_until(lambda: got.texts == expected, what=f"{expected} after the headers")
+    for data, expected in writes[1:]:
+        await post.send(data)
+        # each message reaches the hook before the next chunk is even sent
+        await wait_until(lambda e=expected: got.texts == e, what=f"{expected} after {data!r}")
+    status, _, _ = await post.response()
+    assert status == 200
+    assert got.texts == writes[-1][1]
+    assert all(m.peer is sse.peers[peer_id] for m in got.messages)
+    assert sse.stats()["messages_received"] == len(got.messages)
+    post.close()
+    stream.close()
+
+
+BODIES = [
+    # sizes of one and two hex digits, a last chunk
+    (
+        b"5\r\nhello\r\n10\r\n0123456789abcdef\r\n1\r\n!\r\n0\r\n\r\n",
+        ["hello", "0123456789abcdef", "!"],
+    ),
+    # a chunk extension, leading zeros, trailers
+    (b"5;name=val\r\nhello\r\n005\r\nworld\r\n0\r\nx-trailer: yes\r\n\r\n", ["hello", "world"]),
+    # data that looks like framing
+    (b"3\r\n\nab\r\n4\r\n\r\n0\r\r\n2\r\n:;\r\n0\r\n\r\n", ["\nab", "\r\n0\r", ":;"]),
+]
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["rest-at-once", "rest-bytewise"])
+@pytest.mark.parametrize("body", range(len(BODIES)))
+async def test_chunked_body_split_anywhere_before_the_handler_runs(
+    aiohttp_client: Any, raw_post: Any, body: int, bytewise: bool
+) -> None:
+    """aiohttp parses whatever arrives before the handler runs; wherever that
+    stops (in a size line, in data, before a CRLF, in the trailers) the
+    messages are the same."""
+    raw, expected = BODIES[body]
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    for cut in range(len(raw) + 1):
+        got.messages.clear()
+        post = await raw_post(client)
+        await post.send(head(peer_id) + raw[:cut])
+        await wait_until(lambda cut=cut: got.posts == cut + 1, what=f"handler, cut {cut}")
+        if bytewise:
+            for i in range(cut, len(raw)):
+                await post.send(raw[i : i + 1])
+        else:
+            await post.send(raw[cut:])
+        status, _, _ = await post.response()
+        assert (status, got.texts) == (200, expected), f"cut at {cut}: {raw[:cut]!r}"
+        post.close()
+    stream.close()
+
+
+async def test_malformed_chunked_body_is_400_after_the_good_chunks(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"5\r\nhello\r\n")
+    await wait_until(lambda: got.texts == ["hello"])
+    await post.send(b"zz\r\nmore\r\n")
+    status, _, body = await post.response()
+    assert status == 400
+    assert b"chunked" in body
+    assert got.texts == ["hello"]
+    assert await post.closed_by_server()
+    post.close()
+    stream.close()
+
+
+async def test_aiohttp_framing_when_llhttp_cannot_be_probed(
+    aiohttp_client: Any, raw_post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the probe (llhttp unrecognised) aiohttp's own chunk ends split
+    the messages: standard framing still gives each message, whole, at once."""
+    from aiohttp_crossws_sse import _bidir
+
+    monkeypatch.setattr(_bidir, "_is_llhttp", lambda parser: False)
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"5\r\nhello\r\n")
+    await wait_until(lambda: got.texts == ["hello"])
+    await post.send(b"3\r\nabc\r\n2\r\nde\r\n")
+    await wait_until(lambda: got.texts == ["hello", "abc", "de"])
+    await post.send(b"0\r\n\r\n")
+    status, headers, _ = await post.response()
+    assert (status, got.texts) == (200, ["hello", "abc", "de"])
+    assert headers.get("connection") != "close"  # llhttp untouched: keep-alive
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"5\r\nhelloX",  # no CRLF after the data
+        b"5\nhello\r\n",  # bare LF after the size
+        b"5" + b";x" * 5000 + b"\r\n",  # endless size line
+        b"1\r\na\r\n0\r\n" + b"x: y\r\n" * 200,  # endless trailers
+        b"1\r\na\r\n0\r\nx: y\n",  # bare LF in the trailers
+        b"12345678901234567\r\n",  # 17 digits
+        b"0x5\r\nhello\r\n",  # what int(..., 16) would take
+    ],
+    ids=["crlf", "bare-lf", "long-line", "trailers", "trailer-lf", "digits", "0x"],
+)
+async def test_malformed_framing_is_400(aiohttp_client: Any, raw_post: Any, bad: bytes) -> None:
+    # A chunk is handed on as soon as its data is in, before what follows is seen.
+    delivered = {b"5\r\nhelloX": ["hello"], b"1\r\na\r\n0": ["a"]}
+    expected = ["ok", *next((v for k, v in delivered.items() if bad.startswith(k)), [])]
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nok\r\n")
+    await wait_until(lambda: got.texts == ["ok"])
+    await post.send(bad)
+    assert (await post.response())[0] == 400
+    assert await post.closed_by_server()
+    assert got.texts == expected
+    post.close()
+    stream.close()
+
+
+async def test_compressed_stream_is_415(aiohttp_client: Any, raw_post: Any) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id, extra="Content-Encoding: gzip") + b"0\r\n\r\n")
+    assert (await post.response())[0] == 415
+    assert got.messages == []
+    post.close()
+    stream.close()
+
+
+async def test_bytes_after_a_taken_over_body_are_dropped(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    """Once llhttp has been probed it cannot parse the next request: the
+    connection answers this one and closes (a pipelined request is lost)."""
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nhi")
+    await wait_until(lambda: got.texts == ["hi"])
+    await post.send(b"\r\n0\r\n\r\nGET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = await post.response()
+    assert (status, headers["connection"]) == (200, "close")
+    assert await post.closed_by_server()
+    post.close()
+    stream.close()
+
+
+async def test_pure_python_parser_delivers_on_time(
+    aiohttp_client: Any, raw_post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's Python parser (AIOHTTP_NO_EXTENSIONS, PyPy) flags a chunk's end
+    as soon as its data is in: aiohttp keeps parsing and keep-alive works."""
+    from aiohttp import http_parser, web_protocol
+
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    got, _, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"4\r\nping")
+    await wait_until(lambda: got.texts == ["ping"])
+    await post.send(b"\r\n5\r\nwo")
+    await post.send(b"rld")
+    await wait_until(lambda: got.texts == ["ping", "world"])
+    await post.send(b"\r\n0\r\n\r\n")
+    status, headers, _ = await post.response()
+    assert status == 200
+    assert headers.get("connection") != "close"
+    # the same connection serves the next request
+    await post.send(head(peer_id, chunked=False, extra="Content-Length: 2") + b"hi")
+    assert (await post.response())[0] == 200
+    await wait_until(lambda: got.texts == ["ping", "world", "hi"])
+    # a malformed body is refused, and that connection closed
+    await post.send(head(peer_id) + b"2\r\nok\r\n")
+    await wait_until(lambda: len(got.messages) == 4)
+    await post.send(b"zz\r\n")
+    assert (await post.response())[0] == 400
+    assert await post.closed_by_server()
+    assert got.texts == ["ping", "world", "hi", "ok"]
+    post.close()
+    stream.close()
+
+
+async def test_fallback_without_aiohttp_internals(
+    aiohttp_client: Any, raw_post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should aiohttp's internals change, messages still arrive (through
+    ``readchunk()``: whole, in order, limits enforced)."""
+    from aiohttp_crossws_sse import _bidir
+
+    monkeypatch.setattr(_bidir, "StreamReader", type("Other", (), {}))
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=8)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"5\r\nhello\r\n")
+    await wait_until(lambda: got.texts == ["hello"])
+    await post.send(b"2\r\nhi\r\n0\r\n\r\n")
+    assert (await post.response())[0] == 200
+    assert got.texts == ["hello", "hi"]
+    post.close()
+    resp = await client.post("/sse", data=b"plain", headers={"x-crossws-id": peer_id})
+    assert resp.status == 200
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"9\r\n123456789\r\n0\r\n\r\n")
+    assert (await post.response())[0] == 413
+    assert got.texts == ["hello", "hi", "plain"]
+    post.close()
+    stream.close()
+
+
+# -- 400: the id ------------------------------------------------------------------------
+
+
+async def test_missing_or_unknown_id_is_400(aiohttp_client: Any) -> None:
+    got, _, client, stream, _ = await setup(aiohttp_client)
+    resp = await client.post("/sse", data=b"x")
+    assert resp.status == 400
+    assert "x-crossws-id" in await resp.text()
+    for bad in ("nope", str(uuid.uuid4()), ""):
+        resp = await client.post("/sse", data=b"x", headers={"x-crossws-id": bad})
+        assert resp.status == 400
+    assert got.messages == []
+    stream.close()
+
+
+async def test_closed_peer_id_is_400(aiohttp_client: Any) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    peer = sse.peers[peer_id]
+    peer.close()
+    await peer.wait_closed()
+    resp = await client.post("/sse", data=b"late", headers={"x-crossws-id": peer_id})
+    assert resp.status == 400
+    assert await resp.text() == "unknown peer id"
+    assert got.messages == []
+    stream.close()
+
+
+async def test_id_from_another_namespace_is_400(aiohttp_client: Any) -> None:
+    got = Got()
+    sse = sse_adapter(got, bidir=True)
+    client = await aiohttp_client(make_app(sse, "/a", "/b"))
+    stream, _, peer_id = await open_stream(client, "/a")
+    resp = await client.post("/b", data=b"sneaky", headers={"x-crossws-id": peer_id})
+    assert resp.status == 400
+    assert await resp.text() == "unknown peer id"  # same answer as a made-up id
+    resp = await client.post("/a", data=b"fine", headers={"x-crossws-id": peer_id})
+    assert resp.status == 200
+    await wait_until(lambda: got.texts == ["fine"])
+    stream.close()
+
+
+async def test_namespace_of_the_post_comes_from_upgrade_then_option(aiohttp_client: Any) -> None:
+    got = Got()
+
+    def upgrade(request: web.Request) -> dict[str, Any] | None:
+        room = request.query.get("room")
+        return {"namespace": room} if room else None
+
+    sse = sse_adapter(
+        define_hooks(upgrade=upgrade, message=got.message),
+        bidir=True,
+        namespace=lambda request: request.query.get("ns", "default"),
+    )
+    client = await aiohttp_client(make_app(sse))
+    red, _, red_id = await open_stream(client, "/sse?room=red")
+    plain, _, plain_id = await open_stream(client, "/sse?ns=x")
+    assert sse.peers[red_id].namespace == "red"
+    assert sse.peers[plain_id].namespace == "x"
+
+    async def post(query: str, peer_id: str, data: str) -> int:
+        resp = await client.post(f"/sse{query}", data=data, headers={"x-crossws-id": peer_id})
+        return resp.status
+
+    assert await post("?room=blue", red_id, "a") == 400
+    assert await post("", red_id, "b") == 400
+    assert await post("?ns=red", red_id, "c") == 200  # same namespace name, whoever chose it
+    assert await post("?room=red", red_id, "d") == 200
+    assert await post("?ns=y", plain_id, "e") == 400
+    assert await post("?ns=x", plain_id, "f") == 200
+    await wait_until(lambda: got.texts == ["c", "d", "f"])
+    red.close()
+    plain.close()
+
+
+# -- 413 ------------------------------------------------------------------------------------
+
+
+async def test_plain_body_over_the_limit_is_413(aiohttp_client: Any) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    headers = {"x-crossws-id": peer_id}
+    resp = await client.post("/sse", data=b"x" * 11, headers=headers)
+    assert resp.status == 413
+    resp = await client.post("/sse", data=b"y" * 10, headers=headers)
+    assert resp.status == 200
+    await wait_until(lambda: len(got.messages) == 1)
+    assert got.texts == ["y" * 10]
+    stream.close()
+
+
+async def test_chunk_over_the_limit_is_413_and_never_reaches_the_hook(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"5\r\nhello\r\n")
+    await wait_until(lambda: got.texts == ["hello"])
+    await post.send(b"b\r\n" + b"x" * 5)  # declares 11 bytes
+    status, _, body = await post.response()
+    assert status == 413
+    assert b"10" in body
+    await post.send(b"x" * 6 + b"\r\n2\r\nok\r\n0\r\n\r\n")  # the rest is discarded
+    assert await post.closed_by_server()
+    assert got.texts == ["hello"]
+    post.close()
+    stream.close()
+
+
+OVERSIZED = {  # 0x14 = 20 bytes against a limit of 10, cut at different places
+    "in-data": (b"14\r\nxxxxx", b"", []),
+    "after-size": (b"14\r\n", b"y" * 20, []),
+    "in-size": (b"1", b"4\r\n" + b"y" * 20, []),
+    "in-crlf": (b"1\r\na\r", b"\n14\r\n" + b"y" * 20, ["a"]),
+    "at-start": (b"", b"14\r\n" + b"y" * 20, []),
+}
+
+
+@pytest.mark.parametrize("where", list(OVERSIZED))
+async def test_oversized_chunk_is_413_wherever_aiohttp_stopped(
+    aiohttp_client: Any, raw_post: Any, where: str
+) -> None:
+    first, rest, expected = OVERSIZED[where]
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + first)
+    await wait_until(lambda: got.posts == 1)
+    await post.send(rest)
+    assert (await post.response())[0] == 413
+    assert got.texts == expected
+    post.close()
+    stream.close()
+
+
+async def test_endless_chunk_is_refused_before_it_is_sent(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    """A declared 4 GiB chunk: 413 at once, and the server reads on without keeping anything."""
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=1000)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"3\r\nabc\r\n")
+    await wait_until(lambda: got.texts == ["abc"])
+    await post.send(b"ffffffff\r\n" + b"z" * 100)
+    assert (await post.response())[0] == 413
+    for _ in range(20):  # discarded as it comes (aiohttp's lingering close)
+        await post.send(b"z" * 65536)
+    assert got.texts == ["abc"]
+    post.close()
+    stream.close()
+
+
+async def test_slow_hook_pauses_reading_instead_of_buffering(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+    transports: list[asyncio.Transport] = []
+
+    def upgrade(request: web.Request) -> None:
+        if request.method == "POST" and request.transport is not None:
+            transports.append(request.transport)
+
+    async def message(peer: Peer, msg: Message) -> None:
+        await release.wait()
+        seen.append(msg.text())
+
+    sse = sse_adapter(define_hooks(upgrade=upgrade, message=message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    count = 1024
+    body = b"".join(b"200\r\n" + f"{i:0512d}".encode() + b"\r\n" for i in range(count))
+    writer = asyncio.ensure_future(post.send(head(peer_id) + body))
+    await wait_until(lambda: bool(transports))
+    # the hook holds the first message; the server stops reading from the client
+    await wait_until(lambda: not transports[0].is_reading(), what="reading paused")
+    release.set()
+    await wait_until(lambda: len(seen) == count, timeout=10)
+    await writer
+    assert seen == [f"{i:0512d}" for i in range(count)]
+    await post.send(b"0\r\n\r\n")
+    assert (await post.response())[0] == 200
+    post.close()
+    stream.close()
+
+
+# -- upgrade and resolve on POST ----------------------------------------------------------
+
+
+async def test_upgrade_runs_for_the_post_and_can_reject_it(aiohttp_client: Any) -> None:
+    got = Got()
+    seen: list[str] = []
+
+    def upgrade(request: web.Request) -> dict[str, Any] | web.StreamResponse:
+        seen.append(request.method)
+        if request.query.get("token") != "secret":
+            raise web.HTTPUnauthorized(text="bad token")
+        if request.query.get("deny"):
+            return web.Response(status=403, text="denied")
+        return {"headers": {"x-powered-by": "cross-ws"}, "context": {"user": request.method}}
+
+    sse = sse_adapter(define_hooks(upgrade=upgrade, message=got.message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client, "/sse?token=secret")
+    context = sse.peers[peer_id].context
+    headers = {"x-crossws-id": peer_id}
+    resp = await client.post("/sse", data=b"no", headers=headers)
+    assert (resp.status, await resp.text()) == (401, "bad token")
+    resp = await client.post("/sse?token=secret&deny=1", data=b"no", headers=headers)
+    assert (resp.status, await resp.text()) == (403, "denied")
+    # a rejection comes before the id is even looked at
+    resp = await client.post("/sse", data=b"no", headers={"x-crossws-id": "made-up"})
+    assert resp.status == 401
+    resp = await client.post("/sse?token=secret", data=b"yes", headers=headers)
+    assert resp.status == 200
+    assert "x-powered-by" not in resp.headers  # only the namespace counts for a POST
+    await wait_until(lambda: got.texts == ["yes"])
+    assert sse.peers[peer_id].context is context
+    assert context == {"user": "GET"}  # the stream's, not the POST's
+    assert seen == ["GET", "POST", "POST", "POST", "POST"]
+    stream.close()
+
+
+async def test_upgrade_failure_on_post_is_500_error_hook_and_log(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    got = Got()
+    boom = RuntimeError("boom")
+
+    def upgrade(request: web.Request) -> None:
+        if request.method == "POST":
+            raise boom
+
+    sse = sse_adapter(
+        define_hooks(upgrade=upgrade, message=got.message, error=got.error), bidir=True
+    )
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    with caplog.at_level(logging.ERROR, logger="aiohttp_crossws_sse"):
+        resp = await client.post("/sse", data=b"x", headers={"x-crossws-id": peer_id})
+    assert resp.status == 500
+    ((peer, err),) = got.errors
+    assert peer is None
+    assert isinstance(err, SSEError) and err.__cause__ is boom
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+    assert got.messages == []
+    stream.close()
+
+
+async def test_resolve_is_not_called_again_for_posts(aiohttp_client: Any) -> None:
+    calls: list[str] = []
+    got_global: list[str] = []
+    got_resolved: list[str] = []
+
+    def resolve(request: web.Request) -> Any:
+        calls.append(request.method)
+        return define_hooks(message=lambda peer, msg: got_resolved.append(msg.text()))
+
+    sse = sse_adapter(
+        define_hooks(message=lambda peer, msg: got_global.append(msg.text())),
+        resolve=resolve,
+        bidir=True,
+    )
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    for text in ("one", "two"):
+        resp = await client.post("/sse", data=text, headers={"x-crossws-id": peer_id})
+        assert resp.status == 200
+    await wait_until(lambda: len(got_resolved) == 2)
+    assert calls == ["GET"]
+    assert got_global == got_resolved == ["one", "two"]
+    stream.close()
+
+
+# -- without bidir ----------------------------------------------------------------------------
+
+
+async def test_post_without_bidir_is_405(aiohttp_client: Any) -> None:
+    got = Got()
+    sse = sse_adapter(got)
+    app = make_app(sse)
+    app.router.add_route("*", "/bare", sse.handler)
+    client = await aiohttp_client(app)
+    stream = await client.get("/sse")
+    assert "x-crossws-id" not in stream.headers
+    (peer_id,) = sse.peers
+    for path in ("/sse", "/bare"):
+        resp = await client.post(path, data=b"x", headers={"x-crossws-id": peer_id})
+        assert resp.status == 405
+    assert got.messages == []
+    stream.close()
+
+
+# -- order, isolation, errors ------------------------------------------------------------------
+
+
+async def test_slow_async_hook_keeps_arrival_order_across_posts(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    started: list[str] = []
+    done: list[str] = []
+    gate = asyncio.Event()
+    posts: list[str] = []
+
+    def upgrade(request: web.Request) -> None:
+        posts.append(request.method)
+
+    async def message(peer: Peer, msg: Message) -> None:
+        text = msg.text()
+        started.append(text)
+        if text == "a1":
+            await gate.wait()
+        done.append(text)
+
+    sse = sse_adapter(define_hooks(upgrade=upgrade, message=message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    a = await raw_post(client)
+    await a.send(head(peer_id) + b"2\r\na1")
+    await wait_until(lambda: started == ["a1"])
+    # while a1's hook runs: a second POST of the same peer, then more chunks on the first
+    b = asyncio.ensure_future(client.post("/sse", data=b"b1", headers={"x-crossws-id": peer_id}))
+    await wait_until(lambda: posts.count("POST") == 2)
+    await a.send(b"\r\n2\r\na2\r\n2\r\na3\r\n")
+    assert done == []
+    gate.set()
+    assert (await b).status == 200
+    await wait_until(lambda: len(done) == 4)
+    assert started == done == ["a1", "b1", "a2", "a3"]
+    await a.send(b"0\r\n\r\n")
+    assert (await a.response())[0] == 200
+    a.close()
+    stream.close()
+
+
+async def test_messages_arrive_in_order_with_slowing_hook(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    order: list[int] = []
+
+    async def message(peer: Peer, msg: Message) -> None:
+        n = int(msg.text())
+        await asyncio.sleep(0.002 * (20 - n))  # earlier messages take longer
+        order.append(n)
+
+    sse = sse_adapter(define_hooks(message=message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    body = b"".join(b"%x\r\n%d\r\n" % (len(str(n)), n) for n in range(20))
+    await post.send(head(peer_id) + body + b"0\r\n\r\n")
+    assert (await post.response())[0] == 200  # sent once every message was handled
+    assert order == list(range(20))
+    post.close()
+    stream.close()
+
+
+async def test_a_slow_peer_does_not_hold_up_others(aiohttp_client: Any) -> None:
+    gate = asyncio.Event()
+    seen: list[tuple[str, str]] = []
+    stuck: list[str] = []
+
+    async def message(peer: Peer, msg: Message) -> None:
+        if msg.text() == "wait":
+            stuck.append(peer.id)
+            await gate.wait()
+        seen.append((peer.id, msg.text()))
+        peer.publish("chat", msg.text())
+
+    sse = sse_adapter(
+        define_hooks(open=lambda peer: peer.subscribe("chat"), message=message), bidir=True
+    )
+    client = await aiohttp_client(make_app(sse))
+    slow, slow_events, slow_id = await open_stream(client)
+    fast, _, fast_id = await open_stream(client)
+    waiting = asyncio.ensure_future(
+        client.post("/sse", data=b"wait", headers={"x-crossws-id": slow_id})
+    )
+    await wait_until(lambda: stuck == [slow_id])
+    resp = await client.post("/sse", data=b"hi", headers={"x-crossws-id": fast_id})
+    assert resp.status == 200
+    assert seen == [(fast_id, "hi")]
+    # the slow peer's stream still flows while its own hook is stuck
+    assert (await slow_events.next()).data == "hi"
+    gate.set()
+    assert (await waiting).status == 200
+    assert seen == [(fast_id, "hi"), (slow_id, "wait")]
+    slow.close()
+    fast.close()
+
+
+async def test_failing_hook_goes_to_error_hook_and_stream_stays_open(
+    aiohttp_client: Any, raw_post: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[tuple[Peer | None, SSEError]] = []
+    boom = ValueError("bad message")
+
+    def message(peer: Peer, msg: Message) -> None:
+        if msg.text() == "boom":
+            raise boom
+        peer.send(f"echo {msg.text()}")
+
+    sse = sse_adapter(
+        define_hooks(message=message, error=lambda p, e: errors.append((p, e))), bidir=True
+    )
+    client = await aiohttp_client(make_app(sse))
+    stream, events, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    with caplog.at_level(logging.ERROR, logger="aiohttp_crossws_sse"):
+        await post.send(head(peer_id) + b"4\r\nboom")
+        await wait_until(lambda: bool(errors))
+    ((peer, err),) = errors
+    assert peer is sse.peers[peer_id]
+    assert isinstance(err, SSEError) and err.__cause__ is boom
+    assert any("message hook failed" in r.getMessage() for r in caplog.records)
+    await post.send(b"\r\n5\r\nafter\r\n0\r\n\r\n")
+    assert (await events.next()).data == "echo after"
+    assert (await post.response())[0] == 200
+    assert peer_id in sse.peers
+    post.close()
+    stream.close()
+
+
+# -- the peer's end --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pending", [b"4\r\nping", b"4\r\nping\r\n", b""], ids=str)
+async def test_open_post_ends_when_the_peer_closes(
+    aiohttp_client: Any, raw_post: Any, pending: bytes
+) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + pending)
+    await wait_until(lambda: got.posts == 1)
+    await wait_until(lambda: got.texts == (["ping"] if pending else []))
+    sse.peers[peer_id].close()
+    status, _, _ = await post.response()
+    assert status == 200
+    post.close()
+    stream.close()
+
+
+async def test_open_post_ends_when_the_client_drops_the_stream(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nhi")
+    await wait_until(lambda: got.texts == ["hi"])
+    stream.close()
+    await wait_until(lambda: not sse.peers)
+    assert (await post.response())[0] == 200
+    assert got.texts == ["hi"]
+    post.close()
+
+
+async def test_incomplete_plain_body_ends_when_the_peer_closes(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(head(peer_id, chunked=False, extra="Content-Length: 10") + b"abc")
+    await wait_until(lambda: got.posts == 1)
+    sse.peers[peer_id].close()
+    assert (await post.response())[0] == 200
+    assert got.messages == []
+    post.close()
+    stream.close()
+
+
+async def test_running_hook_is_cancelled_after_the_peer_has_closed(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    events: list[str] = []
+    forever = asyncio.Event()
+
+    async def message(peer: Peer, msg: Message) -> None:
+        events.append("message")
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def close(peer: Peer, details: CloseDetails) -> None:
+        events.append("close")
+
+    sse = sse_adapter(define_hooks(message=message, close=close), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nhi\r\n2\r\nho\r\n")
+    await wait_until(lambda: events == ["message"])
+    peer = sse.peers[peer_id]
+    peer.close()
+    assert (await post.response())[0] == 200
+    await wait_until(lambda: events == ["message", "close", "cancelled"])
+    assert sse.stats()["messages_received"] == 1  # "ho" was dropped with the peer
+    post.close()
+    stream.close()
+
+
+async def test_app_shutdown_ends_posts_and_hooks(aiohttp_client: Any, raw_post: Any) -> None:
+    forever = asyncio.Event()
+    started: list[str] = []
+
+    async def message(peer: Peer, msg: Message) -> None:
+        started.append(msg.text())
+        await forever.wait()
+
+    sse = sse_adapter(define_hooks(message=message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nhi")
+    await wait_until(lambda: started == ["hi"])
+    await asyncio.wait_for(sse.close(), 5)
+    assert (await post.response())[0] == 200
+    assert not sse._tasks
+    post.close()
+    stream.close()

@@ -1,0 +1,351 @@
+"""The pytest plugin ``aiohttp_crossws_sse.testing``: fixtures and assertion helpers.
+
+Run directly (the plugin is active in this session through its entry point)
+and through ``pytester`` in a fresh pytest process, as a user's suite would.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from aiohttp_crossws_sse import CloseDetails, Peer, define_hooks, sse_adapter
+from aiohttp_crossws_sse.client import SSEClientError
+from aiohttp_crossws_sse.testing import (
+    EventReader,
+    SSEClientFactory,
+    next_event,
+    wait_for_event,
+    wait_until,
+)
+
+pytest_plugins = ["pytester"]
+
+
+def greeter(closed: list[str] | None = None) -> Any:
+    def open_(peer: Peer) -> None:
+        peer.send(f"hello {peer.context.get('user', 'anon')}")
+        peer.send("line one\nline two", event="multi")
+
+    def close(peer: Peer, details: CloseDetails) -> None:
+        if closed is not None:
+            closed.append(peer.id)
+
+    return sse_adapter(define_hooks(open=open_, close=close))
+
+
+# -- registration and import safety ----------------------------------------------------
+
+
+def test_entry_point_is_registered() -> None:
+    (entry,) = [
+        ep
+        for ep in importlib.metadata.entry_points(group="pytest11")
+        if ep.name == "aiohttp_crossws_sse"
+    ]
+    assert entry.value == "aiohttp_crossws_sse.testing"
+
+
+def test_import_has_no_side_effects() -> None:
+    # A fresh interpreter, the dependencies imported first: importing the
+    # plugin itself adds no warning filter, logging handler, level or loop.
+    code = (
+        "import asyncio, logging, warnings\n"
+        "import aiohttp.test_utils, pytest, pytest_asyncio, aiohttp_crossws_sse.client\n"
+        "def state():\n"
+        "    loggers = ['', 'asyncio', 'aiohttp_crossws_sse', 'aiohttp.access']\n"
+        "    return (list(warnings.filters),\n"
+        "            [(list(logging.getLogger(n).handlers), logging.getLogger(n).level)\n"
+        "             for n in loggers],\n"
+        "            asyncio.get_event_loop_policy())\n"
+        "before = state()\n"
+        "import aiohttp_crossws_sse.testing\n"
+        "assert state() == before, (before, state())\n"
+        "assert asyncio.events._get_running_loop() is None\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- sse_client --------------------------------------------------------------------------
+
+
+async def test_sse_client_serves_an_adapter(sse_client: SSEClientFactory) -> None:
+    closed: list[str] = []
+    sse = greeter(closed)
+    client = await sse_client(sse)
+    assert client.response.status == 200
+    assert str(client.url).startswith("http://127.0.0.1:")
+    assert (await next_event(client)).data == "hello anon"
+    event = await next_event(client)
+    assert (event.event, event.data) == ("multi", "line one\nline two")
+    # A second client reuses the same server.
+    other = await sse_client(sse)
+    assert other.url == client.url
+    await next_event(other)
+    assert len(sse.peers) == 2
+    await client.close()
+    await wait_until(lambda: len(closed) == 1, what="the close hook of the first client")
+
+
+async def test_sse_client_with_app_query_and_path(sse_client: SSEClientFactory) -> None:
+    def upgrade(request: web.Request) -> dict[str, Any]:
+        if request.query.get("token") != "secret":
+            raise web.HTTPUnauthorized(text="bad token")
+        return {"context": {"user": request.query["user"]}}
+
+    sse = sse_adapter(
+        define_hooks(upgrade=upgrade, open=lambda peer: peer.send(f"hi {peer.context['user']}"))
+    )
+    app = web.Application()
+    sse.setup(app, "/events")  # already routed: the factory does not set it up again
+
+    client = await sse_client(app=app, path="/events", query={"token": "secret", "user": "bob"})
+    assert (await next_event(client)).data == "hi bob"
+
+    with pytest.raises(SSEClientError) as refused:
+        await sse_client(app=app, path="/events", query={"user": "eve"})
+    assert refused.value.status == 401
+    assert refused.value.body == "bad token"
+    assert all(c.closed for c in sse_client.clients[1:])  # a refused client is closed
+
+
+async def test_sse_client_sets_up_adapter_on_given_app(sse_client: SSEClientFactory) -> None:
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text="page")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    sse = greeter()
+    client = await sse_client(sse, "/stream", app=app)
+    assert client.url.path == "/stream"
+    assert (await next_event(client)).data == "hello anon"
+    server = await sse_client.server(app=app)
+    assert server.make_url("/stream") == client.url
+
+
+async def test_sse_client_needs_adapter_or_routed_app(sse_client: SSEClientFactory) -> None:
+    with pytest.raises(TypeError, match="adapter"):
+        await sse_client()
+    with pytest.raises(ValueError, match="no route"):
+        await sse_client(app=web.Application())
+
+
+async def test_sse_client_closes_clients_at_teardown(aiohttp_server: Any) -> None:
+    # What the fixture does at teardown, driven by hand.
+    closed: list[str] = []
+    sse = greeter(closed)
+    factory = SSEClientFactory(aiohttp_server)
+    clients = [await factory(sse) for _ in range(3)]
+    for client in clients:
+        await next_event(client)
+    await factory.close()
+    assert all(client.closed for client in clients)
+    await wait_until(lambda: len(closed) == 3, what="three close hooks")
+    assert not sse.peers
+
+
+# -- next_event / wait_for_event -----------------------------------------------------------
+
+
+async def test_next_event_timeout_lists_events_seen(sse_client: SSEClientFactory) -> None:
+    client = await sse_client(greeter())
+    await next_event(client)
+    await next_event(client)
+    with pytest.raises(AssertionError) as failed:
+        await next_event(client, timeout=0.2)
+    message = str(failed.value)
+    assert "no event within 0.2s" in message
+    assert "events seen so far (2):" in message
+    assert "data='hello anon'" in message
+    assert "event='multi', data='line one\\nline two'" in message
+
+
+async def test_next_event_stream_end_is_an_assertion(sse_client: SSEClientFactory) -> None:
+    def open_(peer: Peer) -> None:
+        peer.send("bye")
+        peer.close()
+
+    client = await sse_client(sse_adapter(define_hooks(open=open_)))
+    assert (await next_event(client)).data == "bye"
+    with pytest.raises(AssertionError, match=r"ended before event.*\(1\):"):
+        await next_event(client)
+
+
+async def test_wait_for_event_skips_until_match(sse_client: SSEClientFactory) -> None:
+    sse = greeter()
+    client = await sse_client(sse)
+    event = await wait_for_event(client, event="multi")
+    assert event.data == "line one\nline two"
+    assert [e.event for e in client.events] == ["message", "multi"]
+
+    peer = next(iter(sse.peers.values()))
+    for n in range(5):
+        peer.send(str(n))
+    assert (await wait_for_event(client, lambda e: int(e.data) > 2)).data == "3"
+    assert (await wait_for_event(client, data="4", event="message")).data == "4"
+
+    with pytest.raises(AssertionError) as failed:
+        await wait_for_event(client, data="never", timeout=0.2)
+    assert "no event with data='never' within 0.2s" in str(failed.value)
+    assert "events seen so far (7):" in str(failed.value)
+
+
+# -- wait_until ------------------------------------------------------------------------------
+
+
+async def test_wait_until_returns_the_truthy_value() -> None:
+    values = iter([0, None, "", "ready"])
+    assert await wait_until(lambda: next(values)) == "ready"
+
+    async def check() -> int:
+        return 7
+
+    assert await wait_until(check) == 7
+
+
+async def test_wait_until_fails_naming_the_condition() -> None:
+    with pytest.raises(AssertionError, match="timed out waiting for the moon"):
+        await wait_until(lambda: False, timeout=0.05, what="the moon")
+
+
+# -- EventReader -----------------------------------------------------------------------------
+
+
+async def test_event_reader_over_aiohttp_client(aiohttp_client: Any) -> None:
+    def open_(peer: Peer) -> None:
+        peer.send("a")
+        peer.send("b\r\nc", event="two")
+        peer.send("d", id="9")
+        peer.close()
+
+    app = web.Application()
+    sse_adapter(define_hooks(open=open_), keepalive=0.05).setup(app, "/sse")
+    client = await aiohttp_client(app)
+    resp = await client.get("/sse")
+    reader = EventReader(resp)
+    assert (await reader.next()).data == "a"
+    (two,) = await reader.take(1)
+    assert (two.event, two.data) == ("two", "b\nc")
+    rest = await reader.rest()
+    assert [(e.data, e.id) for e in rest] == [("d", "9")]
+    assert reader.eof
+    assert [e.data for e in reader.events] == ["a", "b\nc", "d"]
+    assert b"data: a\n\n" in reader.raw
+    with pytest.raises(AssertionError, match=r"ended; events seen so far \(3\)"):
+        await reader.next()
+    # next_event / wait_for_event accept a reader too.
+    with pytest.raises(AssertionError, match="ended before event"):
+        await next_event(reader)
+    resp.close()
+
+
+async def test_event_reader_comment_and_timeout(aiohttp_client: Any) -> None:
+    app = web.Application()
+    sse = sse_adapter(keepalive=0.05)
+    sse.setup(app, "/sse")
+    client = await aiohttp_client(app)
+    resp = await client.get("/sse")
+    reader = EventReader(resp)
+    assert (await reader.comment()).strip()
+    peer = next(iter(sse.peers.values()))
+    peer.send("x")
+    assert (await wait_for_event(reader, data="x")).data == "x"
+    sse2 = sse_adapter()
+    app2 = web.Application()
+    sse2.setup(app2, "/sse")
+    quiet = await (await aiohttp_client(app2)).get("/sse")  # default keepalive: 15s
+    with pytest.raises(AssertionError, match=r"no data within 0.1s .*events seen so far: none"):
+        await EventReader(quiet).next(timeout=0.1)
+    quiet.close()
+    resp.close()
+
+
+# -- as a user's suite sees it -------------------------------------------------------------
+
+USER_TESTS = """
+from typing import Any
+
+import pytest
+from aiohttp_crossws_sse import define_hooks, sse_adapter
+from aiohttp_crossws_sse.testing import next_event, wait_until
+
+closed = []
+
+
+def make_adapter():
+    return sse_adapter(define_hooks(
+        open=lambda peer: peer.send("hi"),
+        close=lambda peer, details: closed.append(details.reason),
+    ))
+
+
+@pytest.mark.asyncio
+async def test_hello(sse_client):
+    client = await sse_client(make_adapter())
+    assert (await next_event(client)).data == "hi"
+
+
+@pytest.mark.asyncio
+async def test_previous_streams_were_closed_at_teardown():
+    await wait_until(lambda: closed, what="the close hook of test_hello")
+
+
+@pytest.mark.asyncio
+async def test_failure_lists_events(sse_client):
+    client = await sse_client(make_adapter())
+    await next_event(client, timeout=0.2)
+    await next_event(client, timeout=0.2)
+
+
+def test_sync_tests_are_untouched():
+    assert True
+"""
+
+
+def test_plugin_in_a_users_strict_mode_suite(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = strict
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        """
+    )
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_failure_lists_events FAILED*",
+            "*AssertionError: no event within 0.2s from http://*; events seen so far (1):",
+            "*- event='message', data='hi'*",
+        ]
+    )
+
+
+def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        test_user="""
+        async def test_uses_fixture(sse_client):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:aiohttp_crossws_sse")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'sse_client' not found*"])
+    listed = pytester.runpytest_subprocess("--fixtures")
+    listed.stdout.fnmatch_lines(["sse_client*", "*factory of connected SSE clients*"])
