@@ -42,6 +42,7 @@ from aiohttp.streams import StreamReader
 
 from ._hooks import call, logger, report, wrap
 from ._message import Message
+from ._protocol import Forwarder
 
 if TYPE_CHECKING:
     from ._peer import Peer
@@ -684,31 +685,22 @@ def _resume(transport: asyncio.Transport) -> None:
         transport.resume_reading()
 
 
-class _Tap(asyncio.Protocol):
-    """Sits between the transport and aiohttp's protocol while a POST body is read."""
+class _Tap(Forwarder):
+    """Stands in front of aiohttp's protocol while a POST body is read: the
+    body's raw bytes go to the channel instead of aiohttp's parser."""
 
-    __slots__ = ("_channel", "_inner")
+    __slots__ = ("_channel",)
 
     def __init__(self, inner: Any, channel: _Channel) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._channel: _Channel | None = channel
 
     def data_received(self, data: bytes) -> None:
         if self._channel is not None:
             self._channel.feed(data)
 
-    def eof_received(self) -> bool | None:
-        result: bool | None = self._inner.eof_received()
-        return result
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
+        super().connection_lost(exc)
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.lost()

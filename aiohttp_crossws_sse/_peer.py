@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ._frame import EAGER_WRITE, encode_event, unchunk
 from ._hooks import Hooks, call, logger, report, wrap
+from ._protocol import Forwarder
 from ._registry import Namespace
 
 if TYPE_CHECKING:
@@ -68,37 +69,28 @@ class CloseDetails:
         return f"CloseDetails(code={self.code!r}, reason={self.reason!r})"
 
 
-class _PeerProtocol(asyncio.Protocol):
-    """Sits between the transport and aiohttp's protocol while a stream is open.
+class _PeerProtocol(Forwarder):
+    """Forwards to aiohttp's protocol while a stream is open; the peer also
+    learns of connection loss at once (aiohttp does not cancel handlers by
+    default, and an idle stream would otherwise notice only at its next
+    write) and of flow control."""
 
-    Everything is forwarded; the peer additionally learns of connection loss
-    at once (aiohttp does not cancel handlers by default, and an idle stream
-    would otherwise notice only at its next write) and of flow control.
-    """
-
-    __slots__ = ("_inner", "_peer")
+    __slots__ = ("_peer",)
 
     def __init__(self, inner: asyncio.BaseProtocol, peer: Peer) -> None:
-        self._inner: Any = inner
+        super().__init__(inner)
         self._peer = peer
 
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        result: bool | None = self._inner.eof_received()
-        return result
-
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        super().pause_writing()
         self._peer._on_pause()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        super().resume_writing()
         self._peer._on_resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
+        super().connection_lost(exc)
         self._peer._on_lost(exc)
 
 
