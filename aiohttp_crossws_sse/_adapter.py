@@ -13,7 +13,18 @@ from aiohttp_sse import EventSourceResponse
 
 from ._bidir import receive
 from ._frame import encode_retry
-from ._hooks import Hooks, Resolver, SSEError, as_hooks, call, logger, report, run_upgrade, wrap
+from ._hooks import (
+    Hooks,
+    Resolver,
+    SSEError,
+    Upgrade,
+    as_hooks,
+    call,
+    logger,
+    report,
+    run_upgrade,
+    wrap,
+)
 from ._options import Options
 from ._peer import OPEN, REASON_LOST, REASON_OPEN_FAILED, REASON_SHUTDOWN, CloseDetails, Peer
 from ._registry import Registry
@@ -202,6 +213,14 @@ class SSEAdapter:
         await report(hooks, None, err)
         return web.Response(status=500, text="Internal Server Error")
 
+    def _namespace(self, request: web.Request, upgrade: Upgrade) -> str:
+        """The upgrade hook's namespace, else the option's, else the path."""
+        if upgrade.namespace is not None:
+            return upgrade.namespace
+        if self.options.namespace is not None:
+            return self.options.namespace(request)
+        return request.path
+
     # -- the stream -------------------------------------------------------------
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
@@ -224,13 +243,7 @@ class SSEAdapter:
                 text="Service Unavailable: too many streams",
                 headers={"Retry-After": str(options.retry_after)},
             )
-        if upgrade.namespace is not None:
-            namespace = upgrade.namespace
-        elif options.namespace is not None:
-            namespace = options.namespace(request)
-        else:
-            namespace = request.path
-        peer = Peer(request, registry, namespace, hooks, upgrade.context)
+        peer = Peer(request, registry, self._namespace(request, upgrade), hooks, upgrade.context)
         response = _EventStream(send_timeout=options.send_timeout, ping_interval=options.keepalive)
         if upgrade.headers:
             for name, value in upgrade.headers.items():
@@ -296,12 +309,7 @@ class SSEAdapter:
             return await self._failed(hooks, "upgrade failed", exc)
         if upgrade.response is not None:
             return _rejection(upgrade.response)
-        if upgrade.namespace is not None:
-            namespace = upgrade.namespace
-        elif self.options.namespace is not None:
-            namespace = self.options.namespace(request)
-        else:
-            namespace = request.path
+        namespace = self._namespace(request, upgrade)
         peer_id = request.headers.get("x-crossws-id")
         if not peer_id:
             return web.Response(status=400, text="missing x-crossws-id header")

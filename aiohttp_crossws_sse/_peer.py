@@ -292,13 +292,24 @@ class Peer:
     # -- outbox -----------------------------------------------------------
 
     def _push(self, frame: bytes) -> None:
+        if len(frame) >= EAGER_WRITE:
+            self._write_or_queue(frame)
+        else:
+            self._enqueue(frame)
+
+    def _write_or_queue(self, frame: bytes) -> None:
+        """Write now when nothing is queued before the frame and the transport
+        takes data; otherwise queue it."""
+        if not self._queue and not self._paused and self._chunked:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.write(frame)
+                return
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
         queue = self._queue
         if not queue:
-            if len(frame) >= EAGER_WRITE and not self._paused and self._chunked:
-                transport = self._transport
-                if transport is not None and not transport.is_closing():
-                    transport.write(frame)
-                    return
             self._registry.mark_dirty(self)
         queue.append(frame)
         self._queued += len(frame)

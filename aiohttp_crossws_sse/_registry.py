@@ -190,19 +190,29 @@ class Registry:
         if members is None:
             members = entry.snapshot = tuple(entry.members)
         size = len(frame)
-        if size >= EAGER_WRITE:
-            count = 0
+        self.stats.deliveries += len(members) - (sender is not None and sender in entry.members)
+        if size >= EAGER_WRITE or self._flush_handle is None:
+            # Big frames, and the first publish of a loop iteration, go to
+            # each writable peer's transport at once (no second pass, no
+            # added latency). The flush scheduled here marks the iteration:
+            # small publishes after this one queue and leave joined.
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            # Peer._write_or_queue inlined: this loop runs once per
+            # subscriber per publish.
             for peer in members:
-                if peer is not sender:
-                    peer._push(frame)
-                    count += 1
-            self.stats.deliveries += count
+                if peer is sender:
+                    continue
+                if not peer._queue and not peer._paused and peer._chunked:
+                    transport = peer._transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(frame)
+                        continue
+                peer._enqueue(frame)
             return
         limit = self.options.max_buffer
         dirty = self._dirty
-        count = 0
-        # Peer._push inlined for small frames: this loop runs once per
-        # subscriber per publish.
+        # Peer._enqueue inlined, for the same reason.
         for peer in members:
             if peer is sender:
                 continue
@@ -211,12 +221,8 @@ class Registry:
                 dirty.append(peer)
             queue.append(frame)
             peer._queued += size
-            count += 1
             if peer._paused and peer._queued > limit:
                 peer._overflow()
-        self.stats.deliveries += count
-        if dirty and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _keepalive(self) -> None:
         self._keepalive_handle = None

@@ -7,12 +7,9 @@ The apps run in the test's event loop like ``web.run_app`` serves them
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,6 +19,7 @@ from aiohttp_crossws_sse import CloseDetails, Peer, define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import wait_until
 from tests.browser.conftest import artifacts_dir
 from tests.conftest import RunAppServer
+from tests.test_examples import load_example
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -30,16 +28,7 @@ pytestmark = pytest.mark.browser
 
 StartServer = Callable[[web.Application], Awaitable[RunAppServer]]
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 WAIT_MS = 10_000  # bound of every browser-side wait
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def new_page(browser: Browser, errors: list[str]) -> Page:
