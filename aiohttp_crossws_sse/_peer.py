@@ -1,11 +1,11 @@
 """``Peer`` and ``CloseDetails``: one open event stream and its outbox.
 
-The outbox is a list of encoded frames. Frames pushed during one event-loop
-iteration are handed to the transport together at the end of it (one write
-per peer per iteration, whatever the number of events), and only while the
-transport accepts data. While the transport is paused (the client reads
-slower than we write) frames stay in the outbox, counted against
-``max_buffer``; beyond it the ``slow_consumer`` policy applies.
+A frame goes straight to the transport when nothing is queued before it and
+the transport takes data: the first publish of a loop iteration and every big
+frame do that. Small frames pushed later in the same iteration queue and leave
+joined, in one write per peer, at the end of it. While the transport is paused
+(the client reads slower than we write) frames stay in the outbox, counted
+against ``max_buffer``; beyond it the ``slow_consumer`` policy applies.
 """
 
 from __future__ import annotations
