@@ -147,16 +147,25 @@ class SSEAdapter:
                 if frame is not None and peer.ready_state == OPEN:
                     peer._push(frame)
                 peer.close(1001, REASON_SHUTDOWN)
+            timeout = self.options.shutdown_timeout
             waiting = [asyncio.ensure_future(p.wait_closed()) for p in peers]
             if waiting:
-                _, pending = await asyncio.wait(waiting, timeout=self.options.shutdown_timeout)
+                _, pending = await asyncio.wait(waiting, timeout=timeout)
                 for peer in peers:
                     if peer._finalized != 2 and peer._transport is not None:
                         peer._transport.abort()
+                if pending:  # aborted now; only a close hook that hangs can hold us
+                    _, pending = await asyncio.wait(pending, timeout=timeout)
+                for future in pending:
+                    future.cancel()
                 if pending:
-                    await asyncio.wait(pending)
+                    logger.warning("%d close hooks still running after shutdown", len(pending))
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.wait(running)
             self._registry.close()
             if self.options.sync is not None:
                 await self.options.sync.close()

@@ -376,3 +376,22 @@ async def test_hostile_last_event_id_and_garbage_requests(aiohttp_client: Any) -
     resp = await client.get("/sse")
     assert (await EventReader(resp).next()).data == "ok"
     resp.close()
+
+
+async def test_shutdown_is_bounded_when_a_close_hook_hangs(session: aiohttp.ClientSession) -> None:
+    never = asyncio.Event()
+
+    async def close(peer: Peer, details: CloseDetails) -> None:
+        await never.wait()
+
+    sse = sse_adapter(define_hooks(open=lambda p: p.send("hi"), close=close), shutdown_timeout=0.2)
+    runner = web.AppRunner(app_for(sse), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    resp = await session.get(f"http://127.0.0.1:{port}/sse")
+    assert (await EventReader(resp).next()).data == "hi"
+    await asyncio.wait_for(runner.cleanup(), 30)  # bounded, though the hook never returns
+    assert not sse.peers
+    resp.close()
