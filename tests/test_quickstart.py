@@ -1,0 +1,58 @@
+"""The README's quick start (DESIGN.md's, verbatim) works as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from aiohttp_crossws_sse.testing import EventReader, next_event, wait_for_event
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def quick_start_app() -> web.Application:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Quick start") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    source = code.group(1)
+    assert source.rstrip().endswith("web.run_app(app)")
+    namespace: dict[str, Any] = {}
+    exec(compile(source.replace("web.run_app(app)", ""), "README.md", "exec"), namespace)
+    app: web.Application = namespace["app"]
+    return app
+
+
+async def test_quick_start_as_written(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(quick_start_app())
+    refused = await client.get("/sse")
+    assert refused.status == 401
+    assert await refused.text() == "bad token"
+
+    alice = await client.get("/sse?token=secret")
+    assert alice.headers["x-powered-by"] == "cross-ws"
+    alice_id = alice.headers["x-crossws-id"]
+    a = EventReader(alice)
+    first = await next_event(a)
+    assert (first.event, first.data) == ("crossws-id", alice_id)
+    assert (await next_event(a)).data == f"Welcome to the server {alice_id}!"
+
+    bob = EventReader(await client.get("/sse?token=secret"))
+    await wait_for_event(bob, lambda e: e.data.startswith("Welcome"))
+    bob_id = bob.response.headers["x-crossws-id"]
+    assert (await next_event(a)).data == f"{bob_id} joined!"
+
+    # messages go through the upgrade hook too, then to everyone else in "chat"
+    assert (await client.post("/sse", data="hi", headers={"x-crossws-id": bob_id})).status == 401
+    sent = await client.post(
+        "/sse?token=secret", data="hello alice", headers={"x-crossws-id": bob_id}
+    )
+    assert sent.status == 200
+    assert (await next_event(a)).data == "hello alice"
+
+    bob.response.close()
+    assert (await next_event(a)).data == f"{bob_id} left (connection lost)"
+    alice.close()
