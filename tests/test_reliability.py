@@ -395,3 +395,26 @@ async def test_shutdown_is_bounded_when_a_close_hook_hangs(session: aiohttp.Clie
     await asyncio.wait_for(runner.cleanup(), 30)  # bounded, though the hook never returns
     assert not sse.peers
     resp.close()
+
+
+async def test_http10_client_gets_a_close_delimited_stream(aiohttp_client: Any) -> None:
+    peers: list[Peer] = []
+
+    def open_(peer: Peer) -> None:
+        peers.append(peer)
+        peer.subscribe("t")
+        peer.send("first")
+
+    sse = sse_adapter(define_hooks(open=open_))
+    client = await aiohttp_client(app_for(sse))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /sse HTTP/1.0\r\nHost: x\r\n\r\n")
+    await wait_until(lambda: bool(peers))
+    sse.publish("t", "x" * 20_000)  # big: the eager path
+    sse.publish("t", "small")
+    peers[0].close()
+    body = await asyncio.wait_for(reader.read(-1), 5)  # the server closes the connection
+    head, _, stream = body.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head
+    assert stream == b"data: first\n\n" + b"data: " + b"x" * 20_000 + b"\n\ndata: small\n\n"
+    writer.close()
