@@ -317,7 +317,7 @@ class Peer:
             self._overflow()
 
     def _flush(self) -> None:
-        """Hand every queued frame to the transport in one write (when it accepts data)."""
+        """Hand every queued frame to the transport (when it accepts data), small ones joined."""
         queue = self._queue
         if not queue or self._paused:
             return
