@@ -31,13 +31,21 @@ def app_for(sse: SSEAdapter) -> web.Application:
     return app
 
 
-async def test_publishes_reach_other_instances_once_in_order(aiohttp_client: Any) -> None:
+async def two_instances(
+    aiohttp_client: Any,
+) -> tuple[SSEAdapter, SSEAdapter, EventReader, EventReader]:
+    """Two adapters on one hub, each served by its own app, with a stream open on each."""
     hub = MemoryHub()
     a, b = instance(hub), instance(hub)
     client_a = await aiohttp_client(app_for(a))
     client_b = await aiohttp_client(app_for(b))
     on_a = EventReader(await client_a.get("/sse"))
     on_b = EventReader(await client_b.get("/sse"))
+    return a, b, on_a, on_b
+
+
+async def test_publishes_reach_other_instances_once_in_order(aiohttp_client: Any) -> None:
+    a, b, on_a, on_b = await two_instances(aiohttp_client)
     assert (await on_a.next()).data == "ready"
     assert (await on_b.next()).data == "ready"
     for i in range(100):
@@ -56,12 +64,7 @@ async def test_publishes_reach_other_instances_once_in_order(aiohttp_client: Any
 
 
 async def test_peer_publish_is_relayed_without_echo(aiohttp_client: Any) -> None:
-    hub = MemoryHub()
-    a, b = instance(hub), instance(hub)
-    client_a = await aiohttp_client(app_for(a))
-    client_b = await aiohttp_client(app_for(b))
-    on_a = EventReader(await client_a.get("/sse"))
-    on_b = EventReader(await client_b.get("/sse"))
+    a, b, on_a, on_b = await two_instances(aiohttp_client)
     await on_a.next()
     await on_b.next()
     (peer_a,) = a.peers.values()
