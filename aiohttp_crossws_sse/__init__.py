@@ -6,12 +6,14 @@ from ._adapter import SSEAdapter, sse_adapter
 from ._hooks import Hooks, SSEError, define_hooks
 from ._message import Message
 from ._peer import CloseDetails, Peer
+from ._wire import ReadyState
 
 __all__ = [
     "CloseDetails",
     "Hooks",
     "Message",
     "Peer",
+    "ReadyState",
     "SSEAdapter",
     "SSEError",
     "define_hooks",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Coroutine, Mapping
-from types import MappingProxyType
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from ._bidir import receive
+from ._connection import Connection
 from ._frame import encode_retry
 from ._hooks import (
     Hooks,
@@ -19,15 +20,18 @@ from ._hooks import (
     SSEError,
     Upgrade,
     as_hooks,
-    call,
+    invoke,
     logger,
-    report,
+    run_error_hooks,
     run_upgrade,
-    wrap,
+    sse_error,
 )
 from ._options import Options
-from ._peer import OPEN, REASON_LOST, REASON_OPEN_FAILED, REASON_SHUTDOWN, CloseDetails, Peer
-from ._registry import Registry
+from ._outbox import REASON_LOST
+from ._peer import REASON_SHUTDOWN, CloseDetails, Peer
+from ._registry import PeerView, Registry
+from ._wire import PEER_ID_HEADER, ReadyState
+from .sync.base import SyncLink
 
 __all__ = ["SSEAdapter", "sse_adapter"]
 
@@ -66,6 +70,10 @@ class SSEAdapter:
         self._bidir = bidir
         self.options = Options.from_kwargs(options)
         self._registry = Registry(self.options, self._relay_failed)
+        #: Unique per adapter; backplanes drop what they relayed themselves.
+        self.instance_id = str(uuid.uuid4())
+        self._app: web.Application | None = None  # the app whose lifecycle we follow
+        self._unbound_warned = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -76,7 +84,7 @@ class SSEAdapter:
     @property
     def peers(self) -> Mapping[str, Peer]:
         """Every open peer, by id, across namespaces (read-only)."""
-        return MappingProxyType(self._registry.peers)
+        return PeerView(self._registry.connections)
 
     @property
     def bidir(self) -> bool:
@@ -84,19 +92,28 @@ class SSEAdapter:
         return self._bidir
 
     def setup(
-        self, app: web.Application, path: str, **route_kwargs: Any
+        self, app: web.Application, path: str | None = None, **route_kwargs: Any
     ) -> list[web.AbstractRoute]:
-        """Register the stream route (and the message route with ``bidir``) on
-        ``path`` and tie the adapter to ``app``'s shutdown. Returns the routes."""
+        """Tie the adapter to ``app``'s lifecycle (startup: connect the
+        backplane; shutdown: close every peer gracefully) and, given ``path``,
+        register the stream route (and the message route with ``bidir``) on
+        it. Returns the routes registered.
+
+        ``sse.setup(app)`` without a path is the one line ``handler`` users
+        need. An adapter follows one app: a second app raises ``RuntimeError``.
+        """
+        self._bind(app)
+        if path is None:
+            return []
         routes = [app.router.add_get(path, self._stream, allow_head=False, **route_kwargs)]
         if self._bidir:
             routes.append(app.router.add_post(path, self._message, **route_kwargs))
-        app.on_startup.append(self._on_startup)
-        app.on_shutdown.append(self._on_shutdown)
         return routes
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
-        """The bare aiohttp handler: ``GET`` streams, ``POST`` sends (with ``bidir``)."""
+        """The bare aiohttp handler: ``GET`` streams, ``POST`` sends (with ``bidir``).
+
+        Mount it with ``sse.setup(app)`` too, so that shutdown closes streams."""
         if request.method == "GET":
             return await self._stream(request)
         allowed = ("GET", "POST") if self._bidir else ("GET",)
@@ -115,57 +132,53 @@ class SSEAdapter:
 
     def stats(self) -> dict[str, int]:
         """Counters: peers, topics, events encoded/delivered/dropped, slow consumers."""
-        s = self._registry.stats
+        registry = self._registry
         return {
-            "peers": len(self._registry.peers),
-            "topics": self._registry.topic_count(),
-            "peers_opened": s.peers_opened,
-            "peers_closed": s.peers_closed,
-            "peers_rejected": s.peers_rejected,
-            "frames_encoded": s.frames_encoded,
-            "deliveries": s.deliveries,
-            "events_dropped": s.events_dropped,
-            "slow_consumers": s.slow_consumers,
-            "messages_received": s.messages_received,
+            "peers": len(registry.connections),
+            "topics": registry.topic_count(),
+            **registry.stats.as_dict(),
         }
 
     async def close(self) -> None:
         """Close every peer (close hooks run) and the backplane. Idempotent.
 
-        Peers get ``shutdown_retry`` (if set) and a graceful end; those still
-        open after ``shutdown_timeout`` seconds are aborted."""
+        Peers get ``shutdown_retry`` (if set) and a graceful end; after
+        ``shutdown_timeout`` seconds the rest are aborted and hooks still
+        running (``open`` or ``close`` hooks that hang) are cancelled."""
         if self._closed is not None:
             await asyncio.shield(self._closed)
             return
         self._closed = asyncio.get_running_loop().create_future()
         self._closing = True
         try:
-            peers = list(self._registry.peers.values())
+            conns = list(self._registry.connections.values())
             retry = self.options.shutdown_retry
             frame = encode_retry(retry) if retry is not None else None
-            for peer in peers:
-                if frame is not None and peer.ready_state == OPEN:
-                    peer._push(frame)
-                peer.close(1001, REASON_SHUTDOWN)
+            for conn in conns:
+                if frame is not None and conn.state == ReadyState.OPEN:
+                    conn.outbox.push(frame)
+                conn.end(CloseDetails(1001, REASON_SHUTDOWN), graceful=True)
             timeout = self.options.shutdown_timeout
-            waiting = [asyncio.ensure_future(p.wait_closed()) for p in peers]
+            waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns]
             if waiting:
                 _, pending = await asyncio.wait(waiting, timeout=timeout)
-                for peer in peers:
-                    if peer._finalized != 2 and peer._transport is not None:
-                        peer._transport.abort()
-                if pending:  # aborted now; only a close hook that hangs can hold us
-                    _, pending = await asyncio.wait(pending, timeout=timeout)
                 for future in pending:
                     future.cancel()
-                if pending:
-                    logger.warning("%d close hooks still running after shutdown", len(pending))
-            if self._tasks:
-                _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
+                for conn in conns:
+                    if conn.finalized != 2:
+                        conn.outbox.abort()
+            # Every task a peer runs (its stream, its message hooks) is bounded too.
+            running = set(self._tasks)
+            for _ in range(2):
+                if not running:
+                    break
+                _, running = await asyncio.wait(running, timeout=timeout)
                 for task in running:
                     task.cancel()
-                if running:
-                    await asyncio.wait(running)
+            if running:
+                _, running = await asyncio.wait(running, timeout=timeout)
+            if running:
+                logger.warning("%d hooks still running after shutdown", len(running))
             self._registry.close()
             if self.options.sync is not None:
                 await self.options.sync.close()
@@ -176,40 +189,63 @@ class SSEAdapter:
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the ``sync`` backplane (``setup`` does this on app startup).
-
-        Call it yourself when you mount ``handler`` without ``setup``."""
+        """Connect the ``sync`` backplane (``setup`` does this on app startup)."""
         if self._started:
             return
         self._started = True
         self._closing = False
         self._closed = None
         if self.options.sync is not None:
-            await self.options.sync.start(self._registry.deliver_relayed)
+            link = SyncLink(
+                instance_id=self.instance_id,
+                deliver=self._registry.deliver_relayed,
+                report=lambda exc: self._relay_failed(None, exc, "backplane failed"),
+            )
+            await self.options.sync.start(link)
+
+    def _bind(self, app: web.Application) -> None:
+        if self._app is app:
+            return
+        if self._app is not None:
+            raise RuntimeError(
+                "this SSEAdapter is already set up on another app: one adapter serves one "
+                "app (its shutdown closes the adapter's peers); create one adapter per app"
+            )
+        if app.frozen:
+            raise RuntimeError("SSEAdapter.setup() must be called before the app starts")
+        self._app = app
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
 
     async def _on_startup(self, app: web.Application) -> None:
         await self.start()
 
-    def _relay_failed(self, peer: Peer | None, exc: Exception) -> None:
-        err = wrap("backplane publish failed", exc)
-        logger.error("%s", err, exc_info=exc)
-        hooks = peer._hooks if peer is not None else self._hooks
-        if any(h.error is not None for h in hooks):
-            self._spawn(report(hooks, peer, err))
-
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` in a task the adapter waits for on close."""
+    def _relay_failed(
+        self, peer: Peer | None, exc: Exception, what: str = "backplane publish failed"
+    ) -> None:
+        """A backplane failure: logged, and the error hooks run (``peer``: the
+        publisher, or ``None``); never raised into the caller."""
+        err = sse_error(what, exc)
+        logger.error("%s", err, exc_info=exc)
+        conn = self._registry.connections.get(peer.id) if peer is not None else None
+        hooks = conn.hooks if conn is not None else self._hooks
+        if any(h.error is not None for h in hooks):
+            self._spawn(run_error_hooks(hooks, peer, err))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task the adapter waits for (and bounds) on close."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _hooks_for(self, request: web.Request) -> tuple[Hooks, ...]:
         if self._resolve is None:
             return self._hooks
-        resolved = await call(self._resolve, request)
+        resolved = await invoke(self._resolve, request)
         if resolved is None:
             return self._hooks
         return (*self._hooks, as_hooks(resolved, "resolve()"))
@@ -217,9 +253,9 @@ class SSEAdapter:
     async def _failed(
         self, hooks: tuple[Hooks, ...], what: str, exc: BaseException
     ) -> web.StreamResponse:
-        err = exc if isinstance(exc, SSEError) else wrap(what, exc)
+        err = exc if isinstance(exc, SSEError) else sse_error(what, exc)
         logger.error("%s", err, exc_info=err.__cause__ or err)
-        await report(hooks, None, err)
+        await run_error_hooks(hooks, None, err)
         return web.Response(status=500, text="Internal Server Error")
 
     def _namespace(self, request: web.Request, upgrade: Upgrade) -> str:
@@ -227,39 +263,69 @@ class SSEAdapter:
         if upgrade.namespace is not None:
             return upgrade.namespace
         if self.options.namespace is not None:
-            return self.options.namespace(request)
+            name = self.options.namespace(request)
+            if not isinstance(name, str):
+                raise TypeError(f"option 'namespace' must return a str, not {type(name).__name__}")
+            return name
         return request.path
+
+    def _unavailable(self) -> web.StreamResponse | None:
+        """503 while shutting down or at ``max_peers``."""
+        options = self.options
+        if self._closing:
+            why = "server shutting down"
+        elif options.max_peers is not None and len(self._registry.connections) >= options.max_peers:
+            why = "too many streams"
+        else:
+            return None
+        self._registry.stats.peers_rejected += 1
+        return web.Response(
+            status=503,
+            text=f"Service Unavailable: {why}",
+            headers={"Retry-After": str(options.retry_after)},
+        )
+
+    def _warn_unbound(self) -> None:
+        if self._app is None and not self._unbound_warned:
+            self._unbound_warned = True
+            logger.error(
+                "SSEAdapter.handler is mounted without SSEAdapter.setup(app): app shutdown "
+                "will not close its streams (aiohttp then waits for them, and close hooks "
+                "see 'connection lost'). Add `sse.setup(app)` next to the route."
+            )
 
     # -- the stream -------------------------------------------------------------
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        options = self.options
+        self._warn_unbound()
         hooks = self._hooks
         try:
             hooks = await self._hooks_for(request)
             upgrade = await run_upgrade(hooks, request)
+            if upgrade.response is not None:
+                return _rejection(upgrade.response)
+            namespace = self._namespace(request, upgrade)
+        except web.HTTPException:
+            raise
         except Exception as exc:
             return await self._failed(hooks, "upgrade failed", exc)
-        if upgrade.response is not None:
-            return _rejection(upgrade.response)
-        registry = self._registry
-        if self._closing or (
-            options.max_peers is not None and len(registry.peers) >= options.max_peers
-        ):
-            registry.stats.peers_rejected += 1
-            return web.Response(
-                status=503,
-                text="Service Unavailable: too many streams",
-                headers={"Retry-After": str(options.retry_after)},
-            )
-        peer = Peer(request, registry, self._namespace(request, upgrade), hooks, upgrade.context)
-        response = _EventStream(send_timeout=options.send_timeout, ping_interval=options.keepalive)
+        refused = self._unavailable()
+        if refused is not None:
+            return refused
+        conn = Connection(request, self._registry, namespace, hooks, upgrade.context)
+        response = _EventStream(
+            send_timeout=self.options.send_timeout, ping_interval=self.options.keepalive
+        )
         if upgrade.headers:
             for name, value in upgrade.headers.items():
                 response.headers[name] = value
         del upgrade  # frame locals live as long as the stream
         if self._bidir:
-            response.headers["x-crossws-id"] = peer.id
+            response.headers[PEER_ID_HEADER] = conn.peer.id
+        if request.version < (1, 1):
+            # The body is close-delimited: no keep-alive (aiohttp-sse says it).
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
         try:
             writer = await response.prepare(request)
             send_headers = getattr(writer, "send_headers", None)
@@ -268,69 +334,58 @@ class SSEAdapter:
             del writer, send_headers
         except ConnectionError:
             return response
+        except Exception as exc:
+            failed = await self._failed(hooks, "preparing the stream failed", exc)
+            if not response.prepared:
+                return failed
+            # Part of the head may have left: only dropping the connection is safe.
+            if request.transport is not None:
+                request.transport.abort()
+            raise
         transport = request.transport
         if transport is None or transport.is_closing():
             return response
-
-        ended = peer._attach(transport)
-        registry.add(peer)
+        conn.open(transport)
+        serving = self._spawn(conn.serve(request, response, announce_id=self._bidir))
         try:
-            if self._bidir:
-                peer.send(peer.id, event="crossws-id")
-            try:
-                for h in hooks:
-                    if h.open is not None:
-                        await call(h.open, peer)
-            except Exception as exc:
-                logger.exception("open hook failed for peer %s", peer.id)
-                await report(hooks, peer, wrap("open hook failed", exc))
-                peer.close(1011, REASON_OPEN_FAILED)
-            if await ended:  # graceful: write what is queued, then end the body
-                await peer._drain(options.send_timeout)
-                peer._detach()
-                try:
-                    async with asyncio.timeout(options.send_timeout):
-                        await response.write_eof()
-                except (ConnectionError, TimeoutError):
-                    if request.transport is not None:
-                        request.transport.abort()
-        except BaseException:
-            # pytest-aiohttp's server (and handler_cancellation=True) cancels
-            # the handler on disconnect; close hooks still run, in a task.
-            peer._end(CloseDetails(None, REASON_LOST), graceful=False)
-            peer._detach()
-            self._spawn(peer._finalize())
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client leaves (with
+            # handler_cancellation=True) or at the end of a shutdown; the
+            # stream's task goes on and runs the close hooks.
+            conn.end_abruptly(REASON_LOST)
             raise
-        peer._detach()
-        await peer._finalize()
         return response
 
     # -- bidirectional messages ---------------------------------------------------
 
     async def _message(self, request: web.Request) -> web.StreamResponse:
-        # The upgrade hooks guard this direction too; of their outcome only
-        # the namespace counts. resolve() is not called again: messages go
-        # to the hooks the peer was resolved with.
-        hooks = self._hooks
+        # The upgrade hooks that admitted the stream — the global ones and
+        # those resolved for it (resolve() is not called again) — guard its
+        # POSTs too; of their outcome only the namespace counts. An unknown
+        # id meets the global hooks, so a refused client learns nothing.
+        peer_id = request.headers.get(PEER_ID_HEADER)
+        conn = self._registry.connections.get(peer_id) if peer_id else None
+        hooks = conn.hooks if conn is not None else self._hooks
         try:
             upgrade = await run_upgrade(hooks, request)
+            if upgrade.response is not None:
+                return _rejection(upgrade.response)
+            namespace = self._namespace(request, upgrade)
+        except web.HTTPException:
+            raise
         except Exception as exc:
             return await self._failed(hooks, "upgrade failed", exc)
-        if upgrade.response is not None:
-            return _rejection(upgrade.response)
-        namespace = self._namespace(request, upgrade)
-        peer_id = request.headers.get("x-crossws-id")
         if not peer_id:
-            return web.Response(status=400, text="missing x-crossws-id header")
-        peer = self._registry.peers.get(peer_id)
+            return web.Response(status=400, text=f"missing {PEER_ID_HEADER} header")
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
-        if peer is None or peer.ready_state != OPEN or peer.namespace != namespace:
+        if conn is None or conn.state != ReadyState.OPEN or conn.namespace_name != namespace:
             return web.Response(status=400, text="unknown peer id")
         return await receive(
             request,
-            peer,
-            max_size=self.options.max_message_size,
+            conn,
+            options=self.options,
             stats=self._registry.stats,
             spawn=self._spawn,
         )

@@ -1,675 +1,915 @@
-"""The POST channel of bidirectional mode: chunk reader → ``Message`` → ``message`` hook.
+"""The POST channel of bidirectional mode: request body → messages → the peer's ``message`` hooks.
 
-crossws's ``WebSocketSSE`` client keeps one ``POST`` open and writes every
-``send()`` as one HTTP chunk of it; each chunk is one message, and it must
-reach the hook as soon as its last byte has arrived.
+crossws's ``WebSocketSSE`` client keeps one ``POST`` open for a whole session
+and writes every ``send()`` as one HTTP chunk of it; each chunk is one message
+and must reach the hooks as soon as its last byte has arrived. A plain body is
+one message.
 
-Why this module reads the chunk framing itself: Node's ``fetch`` writes the
-CRLF that ends a chunk together with the *next* chunk (``4\\r\\nping``, later
-``\\r\\n5\\r\\nhello``), and aiohttp's C parser (llhttp) reports the end of a
-chunk only when that CRLF arrives. ``readchunk()`` would therefore hand every
-message over one message late. The chunk sizes that would say "this chunk is
-complete" stay inside llhttp.
+Two owners:
 
-So for a chunked body parsed by llhttp the channel takes the connection over:
-a proxy protocol (``_Tap``) receives the raw bytes in aiohttp's place, and
-``_Decoder`` reads the framing itself. What llhttp had parsed before the
-handler ran is drained from ``request.content`` (chunk ends included); the
-only thing missing is llhttp's position inside the framing — how much of the
-current chunk is still due, or how much of a chunk-size line it has seen.
-``_probe`` learns it by feeding llhttp a crafted byte string (never real
-bytes) and recording, through a stand-in stream reader, what llhttp reports:
-data, a chunk header, the end of the message. llhttp is not used again for
-that connection, so it closes after the response (no keep-alive).
+- ``_Channel``, one per POST: turns its body into messages. It stands in
+  front of aiohttp's protocol (``_Tap``, a ``Forwarder``) to see every read
+  as it happens. Plain bodies, and chunked ones under aiohttp's pure-Python
+  parser, stay with aiohttp's parser and are drained right after each read
+  (``FORWARD``; the connection stays reusable). Chunked bodies under llhttp,
+  aiohttp's C parser, are decoded here (``RAW``, ``_chunked``), because
+  llhttp reports a chunk's end only when the CRLF after it arrives — and
+  Node's ``fetch`` sends that CRLF with the *next* chunk. ``_llhttp`` (the only
+  module that knows aiohttp's internals) tells where llhttp stood when the
+  handler took over. Without those internals, aiohttp's public
+  ``readchunk()`` is used (``BASIC``: correct, but such a chunk arrives one
+  message late).
+- ``_Inbox``, one per peer (in ``Connection.inbox``): hands the messages of
+  all that peer's POSTs to its ``message`` hooks one at a time, in arrival
+  order, in a task of its own — a dropped POST never cancels a hook half-way.
 
-Plain bodies, and chunked bodies under aiohttp's pure-Python parser (which
-reports a chunk's end as soon as its data is complete), stay with aiohttp's
-parser: the proxy forwards every read and the channel drains
-``request.content`` right after it ("forward" mode); keep-alive is kept.
+Bounds, per peer: at most ``max_posts_per_peer`` open POSTs (one more: 429);
+the bytes held for them — messages waiting for the hooks plus the message each
+POST is reading, at their real size plus ``MESSAGE_OVERHEAD`` each — past
+``max_receive_buffer`` stop the reading (TCP pushes back on the client) until
+the hooks catch up; one message may always be completed, so a message as large
+as ``max_message_size`` gets through whatever that bound. A POST that stalls in
+the middle of a message for ``receive_timeout`` gets 408; between messages a
+streamed POST may idle as long as its peer lives.
+
+Responses: 200 once the body has ended and its messages were handled, or
+when the peer closes (then at once); 400 for malformed framing, 413 for a
+message over ``max_message_size``, 415 for a compressed chunked body, 408 and
+429 as above. A response sent before the body's end closes the connection:
+at once when the peer is gone or the client has gone quiet, else (an upload
+still under way: a reset would destroy the response) once the client has been
+quiet for ``LINGER`` seconds, its body ends, or its peer closes — never
+aiohttp's ten-second lingering read of a body that never ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
-from aiohttp.streams import StreamReader
 
-from ._hooks import call, logger, report, wrap
+from . import _llhttp
+from ._chunked import ChunkedDecoder, ChunkedError, State
+from ._hooks import run_hooks
 from ._message import Message
 from ._protocol import Forwarder
+from ._wire import ReadyState
 
 if TYPE_CHECKING:
-    from ._peer import Peer
-    from ._registry import Stats
+    from ._connection import Connection
+    from ._options import Options
 
-__all__ = ["receive"]
+__all__ = ["LINGER", "MESSAGE_OVERHEAD", "receive"]
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+Spawn = Callable[[Coroutine[Any, Any, Any]], object]
 
-_OPEN = 1  # Peer.ready_state OPEN (this module keeps to _message and _hooks)
-_MAX_LINE = 8190  # chunk-size and trailer lines: aiohttp's own max_line_size
-_MAX_TRAILERS = 128
-_BACKLOG = 256 * 1024  # parsed, undelivered bytes beyond which reading pauses
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
-_CR, _LF = 13, 10
+#: Bytes counted per message on top of its data's real size (``sys.getsizeof``):
+#: the queue slots and allocator rounding of a queued message.
+MESSAGE_OVERHEAD = 48
+#: Seconds of quiet from a client, still uploading a body its response has
+#: refused, before its connection is closed (see the module docstring).
+LINGER = 1.0
+
+
+class _Stats(Protocol):
+    messages_received: int
 
 
 async def receive(
     request: web.Request,
-    peer: Peer,
+    conn: Connection,
     *,
-    max_size: int,
-    stats: Stats,
+    options: Options,
+    stats: _Stats,
     spawn: Spawn,
 ) -> web.StreamResponse:
-    """Read one ``POST``'s messages and hand them to ``peer``'s message hooks.
+    """Read one ``POST``'s messages and hand them to ``conn``'s message hooks.
 
-    Answers ``200`` when the body ends (or the peer closes first), ``413`` for
-    a message over ``max_size`` and ``400`` for a malformed chunked body.
+    The caller has run the upgrade hooks and matched ``conn`` to the request.
+    Returns (or raises, for errors) the response; see the module docstring.
+    ``spawn`` runs the hook task (the adapter waits for it on shutdown).
     """
-    inbox = _inbox_for(peer, stats, spawn)
-    if inbox is None:
-        return web.Response(status=400, text="unknown peer id")
-    chunked = hdrs.TRANSFER_ENCODING in request.headers
-    length = request.content_length
-    if not chunked and length is not None and length > max_size:
-        raise _too_large(max_size)
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-    if chunked and encoding != "identity":
-        # One message per chunk of a compressed stream has no meaning.
-        raise web.HTTPUnsupportedMediaType(text="compressed message streams are not supported")
-
-    channel = _Channel(request, peer, max_size, chunked)
+    inbox = _Inbox.of(conn, options, stats, spawn)
+    channel = _Channel(request, conn, inbox, options)
+    refusal = channel.precheck()
+    if refusal is not None:
+        return channel.reject(refusal)
+    assert inbox is not None
+    inbox.attach(channel)
     try:
         channel.start()
-        while True:
-            data = channel.next()
-            if data is not None:
-                if not await inbox.deliver(data):
-                    break  # the peer closed
-            elif channel.finished:
-                break
-            else:
-                await channel.wait()
+        await channel.wait()
     finally:
-        channel.stop()
+        try:
+            await channel.stop()
+        finally:
+            inbox.detach(channel)
     return channel.response()
 
 
-def _too_large(max_size: int) -> web.HTTPRequestEntityTooLarge:
-    return web.HTTPRequestEntityTooLarge(
-        max_size=max_size,
-        actual_size=max_size + 1,
-        text=f"message larger than {max_size} bytes",
-    )
+# -- one peer's inbox ------------------------------------------------------------------------
 
 
-# -- delivery: one peer's hooks, in order ---------------------------------------------
+def _cost(data: bytes | bytearray) -> int:
+    return sys.getsizeof(data) + MESSAGE_OVERHEAD
 
 
 class _Inbox:
-    """Runs one peer's message hooks one at a time, in arrival order.
+    """One peer's messages on their way to its ``message`` hooks (see the
+    module docstring); also the per-peer bounds of its POSTs."""
 
-    Hooks run in a task of their own, so a POST connection that drops (and
-    has its handler cancelled) never cancels a hook half-way. Each POST waits
-    for its message to be handled before reading on, which bounds what is
-    queued here and pushes back on the client.
-    """
+    __slots__ = (
+        "_channels",
+        "_conn",
+        "_finisher",
+        "_handling",
+        "_limit",
+        "_max_posts",
+        "_over",
+        "_owners",
+        "_queue",
+        "_spawn",
+        "_stats",
+        "_task",
+        "closed",
+        "held",
+    )
 
-    __slots__ = ("_current", "_peer", "_queue", "_running", "_spawn", "_stats", "_task")
-
-    def __init__(self, peer: Peer, stats: Stats, spawn: Spawn) -> None:
-        self._peer = peer
+    def __init__(self, conn: Connection, options: Options, stats: _Stats, spawn: Spawn) -> None:
+        self._conn = conn
         self._stats = stats
         self._spawn = spawn
-        self._queue: deque[tuple[bytes, asyncio.Future[bool]]] = deque()
-        self._current: asyncio.Future[bool] | None = None
-        self._running = False
+        self._limit = options.max_receive_buffer
+        self._max_posts = options.max_posts_per_peer
+        self._queue: deque[bytes] = deque()
+        self._owners: deque[_Channel] = deque()  # the POST each queued message came from
+        self._channels: list[_Channel] = []  # open POSTs, oldest first
+        self._finisher: _Channel | None = None  # may read on past the limit (see flow)
+        self._handling = False  # the hook task is running (or about to)
         self._task: asyncio.Task[Any] | None = None
+        self.closed = False  # the peer is closing: nothing is accepted any more
+        self.held = 0  # bytes counted against max_receive_buffer
+        self._over = False  # held went past the limit and not yet back to half
 
-    def deliver(self, data: bytes) -> asyncio.Future[bool]:
-        """Queue one message; the future is ``True`` once its hooks ran, ``False`` if dropped."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((data, done))
-        if not self._running:
-            self._running = True
+    @classmethod
+    def of(cls, conn: Connection, options: Options, stats: _Stats, spawn: Spawn) -> _Inbox | None:
+        """The peer's inbox (made on its first POST); ``None`` once it is closing."""
+        inbox: _Inbox | None = conn.inbox
+        if inbox is None:
+            if conn.ended.done() or conn.peer.ready_state != ReadyState.OPEN:
+                return None
+            inbox = conn.inbox = cls(conn, options, stats, spawn)
+            conn.ended.add_done_callback(inbox._on_end)
+        return None if inbox.closed else inbox
+
+    @property
+    def max_posts(self) -> int | None:
+        return self._max_posts
+
+    def full(self) -> bool:
+        """No room for one more POST."""
+        return self._max_posts is not None and len(self._channels) >= self._max_posts
+
+    def attach(self, channel: _Channel) -> None:
+        self._channels.append(channel)
+
+    def detach(self, channel: _Channel) -> None:
+        with contextlib.suppress(ValueError):
+            self._channels.remove(channel)
+        if self._finisher is channel:
+            self._finisher = None
+        self.flow()
+
+    def put(self, channel: _Channel, data: bytes) -> None:
+        """Queue one complete message of ``channel``."""
+        self._queue.append(data)
+        self._owners.append(channel)
+        self.held += _cost(data)
+        if not self._handling:
+            self._handling = True
             self._spawn(self._run())
-        return done
 
     async def _run(self) -> None:
         self._task = asyncio.current_task()
-        peer = self._peer
+        conn, queue, owners = self._conn, self._queue, self._owners
+        peer = conn.peer
         try:
-            while self._queue and peer.ready_state == _OPEN:
-                data, done = self._queue.popleft()
-                self._current = done
+            while queue and not self.closed and peer.ready_state == ReadyState.OPEN:
+                data = queue.popleft()
+                owner = owners.popleft()
                 self._stats.messages_received += 1
-                await _dispatch(peer, Message(peer, data))
-                self._current = None
-                if not done.done():
-                    done.set_result(True)
+                try:
+                    # Failures are logged and reported to the error hooks there.
+                    await run_hooks(conn.hooks, "message", peer, Message(peer, data))
+                finally:
+                    self.held -= _cost(data)
+                    owner.delivered()
+                self.flow()
         finally:
             self._task = None
-            self._running = False
-            self._drop()
+            self._handling = False
+            if not self.closed:
+                self.flow()  # the hooks are idle now: that may let a POST read on
 
-    def _drop(self) -> None:
-        pending = [done for _, done in self._queue]
+    def flow(self) -> None:
+        """Pause or resume the peer's POSTs after ``held`` changed.
+
+        Under the limit (once past it: under half of it) every POST reads.
+        Over it, while the hooks have work
+        (which frees memory), none does. Over it with the hooks idle, the
+        excess is messages still being read: one POST — the one furthest into
+        its message — finishes that message, so progress never stalls.
+        """
+        channels = self._channels
+        if self._over:
+            self._over = self.held > self._limit // 2  # hysteresis: resume at half
+        else:
+            self._over = self.held > self._limit
+        if not self._over:
+            self._finisher = None
+            for channel in channels:
+                channel.throttle(False)
+            return
+        if self._queue or self._handling:
+            self._finisher = None
+            for channel in channels:
+                channel.throttle(True)
+            return
+        finisher = self._finisher
+        if finisher is None or not finisher.held:
+            finisher = None
+            for channel in channels:
+                if channel.held and (finisher is None or channel.held > finisher.held):
+                    finisher = channel
+            self._finisher = finisher
+        for channel in channels:
+            channel.throttle(channel is not finisher)
+
+    def _on_end(self, _: asyncio.Future[bool]) -> None:
+        """The peer is closing: drop what waits, end its POSTs."""
+        self.closed = True
+        owners = list(self._owners)
         self._queue.clear()
-        if self._current is not None:
-            pending.append(self._current)
-            self._current = None
-        for done in pending:
-            if not done.done():
-                done.set_result(False)
-
-    def _on_peer_end(self, _: asyncio.Future[bool]) -> None:
-        if _inboxes.get(self._peer) is self:
-            del _inboxes[self._peer]
-        self._drop()
+        self._owners.clear()
+        for channel in (*self._channels, *owners):
+            channel.peer_ended()
+        self._channels.clear()
+        self._finisher = None
         if self._task is not None:
             # A hook still running may finish while the close hooks run; it
             # must not outlive the peer, so it is cancelled once they are done.
             self._spawn(self._cancel_when_closed(self._task))
 
     async def _cancel_when_closed(self, task: asyncio.Task[Any]) -> None:
-        await self._peer.wait_closed()
+        await self._conn.peer.wait_closed()
         task.cancel()
 
 
-async def _dispatch(peer: Peer, message: Message) -> None:
-    try:
-        for hooks in peer._hooks:
-            if hooks.message is not None:
-                await call(hooks.message, peer, message)
-    except Exception as exc:
-        logger.exception("message hook failed for peer %s", peer.id)
-        await report(peer._hooks, peer, wrap("message hook failed", exc))
+# -- one POST --------------------------------------------------------------------------------
 
-
-# Keyed by the peer object: a peer belongs to one adapter, and its inbox is
-# removed when the peer ends (Peer has __slots__ and no room for it).
-_inboxes: dict[Peer, _Inbox] = {}
-
-
-def _inbox_for(peer: Peer, stats: Stats, spawn: Spawn) -> _Inbox | None:
-    inbox = _inboxes.get(peer)
-    if inbox is None:
-        ended = peer._ended
-        if ended is None or ended.done() or peer.ready_state != _OPEN:
-            return None
-        inbox = _inboxes[peer] = _Inbox(peer, stats, spawn)
-        ended.add_done_callback(inbox._on_peer_end)
-    return inbox
-
-
-# -- reading a POST body ----------------------------------------------------------------
-
-_BASIC, _FORWARD, _RAW, _DROP = range(4)
+_BASIC, _FORWARD, _RAW, _DROP = range(4)  # see _Channel
 
 
 class _Channel:
-    """One POST body: where its bytes come from and the messages read so far.
+    """One POST body (see the module docstring).
 
-    Modes: ``_FORWARD`` (aiohttp parses; drained after every read), ``_RAW``
-    (our ``_Decoder`` reads the bytes llhttp no longer sees), ``_DROP``
-    (bytes ignored) and ``_BASIC`` (no proxy possible: ``readchunk()``).
+    Modes: ``_FORWARD`` (aiohttp parses, drained after every read), ``_RAW``
+    (our ``ChunkedDecoder`` reads what llhttp no longer sees), ``_DROP``
+    (bytes ignored: refused or ended early) and ``_BASIC`` (aiohttp's public
+    ``readchunk()``, in a task of its own).
     """
 
     __slots__ = (
-        "active",
+        "_ahead",
+        "body_done",
+        "buf",
         "chunked",
+        "conn",
         "content",
         "decoder",
-        "finished",
+        "ended",
+        "eof_fed",
+        "gone",
+        "grace",
+        "held",
+        "inbox",
         "inner",
-        "max_size",
+        "last",
+        "limit",
+        "loop",
         "mode",
-        "parts",
-        "parts_size",
+        "open",
         "paused",
-        "peer",
-        "probed",
-        "queue",
-        "queued",
+        "pending",
+        "raw",
+        "raw_at",
+        "reader",
         "reason",
         "request",
         "status",
+        "takeover",
         "tap",
+        "timeout",
+        "timer",
         "transport",
+        "unpaused",
         "waiter",
     )
 
-    def __init__(self, request: web.Request, peer: Peer, max_size: int, chunked: bool) -> None:
+    def __init__(
+        self, request: web.Request, conn: Connection, inbox: _Inbox | None, options: Options
+    ) -> None:
         self.request = request
-        self.peer = peer
+        self.conn = conn
+        self.inbox = inbox
         self.content = request.content
-        self.max_size = max_size
-        self.chunked = chunked
+        self.limit = options.max_message_size
+        self.timeout = options.receive_timeout
+        self.chunked = hdrs.TRANSFER_ENCODING in request.headers
+        self.loop = asyncio.get_running_loop()
         self.mode = _BASIC
-        self.active = True  # still turning bytes into messages
-        self.finished = False  # no message will follow those queued
-        self.queue: deque[bytes] = deque()
-        self.queued = 0
-        self.parts: list[bytes] = []  # the message being read
-        self.parts_size = 0
-        self.status: int | None = None  # 400/413: the body was refused
+        self.open = True  # still turning bytes into messages
+        self.body_done = False  # the body's end was read
+        self.ended = False  # the peer is closing
+        self.gone = False  # the connection is gone
+        self.status: int | None = None  # the body was refused with this status
         self.reason = ""
-        self.decoder: _Decoder | None = None
-        self.probed = False  # llhttp was probed: the connection cannot be reused
+        self.buf: bytes | bytearray | None = None  # the message being read
+        self.raw: bytes | None = None  # RAW: a read held back (paused) from raw_at on
+        self.raw_at = 0
+        self.held = 0  # what buf counts against the inbox
+        self.pending = 0  # messages of this POST queued or being handled
+        self.decoder: ChunkedDecoder | None = None
+        self.takeover: _llhttp.Takeover | None = None
+        self._ahead = False  # RAW: llhttp's position is learnt from the first new bytes
         self.transport: asyncio.Transport | None = None
-        self.inner: Any = None
+        self.inner: Any = None  # aiohttp's protocol
         self.tap: _Tap | None = None
-        self.paused = False
+        self.paused = False  # throttled by the inbox
+        self.unpaused: asyncio.Future[None] | None = None  # BASIC: the reader waits
+        self.reader: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.eof_fed = False
+        self.last = self.loop.time()  # when the client's last byte came
+        self.grace = self.last  # receive_timeout: stalls count from here at the earliest
 
-    # -- setup and teardown ---------------------------------------------------------
+    # -- before reading ------------------------------------------------------------------
+
+    def precheck(self) -> web.Response | None:
+        """Refusals decided by the headers alone (or the peer's state)."""
+        inbox = self.inbox
+        if inbox is None:
+            return web.Response(status=400, text="unknown peer id")
+        request = self.request
+        if self.chunked:
+            encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+            if encoding != "identity":
+                # One message per chunk of a compressed stream has no meaning.
+                return web.HTTPUnsupportedMediaType(
+                    text="compressed message streams are not supported"
+                )
+        else:
+            length = request.content_length
+            if length is not None and length > self.limit:
+                return self._too_large()
+        if inbox.full():
+            return web.HTTPTooManyRequests(
+                text=f"too many open POSTs for this peer (at most {inbox.max_posts})"
+            )
+        return None
+
+    def reject(self, response: web.Response) -> web.Response:
+        """Answer ``response`` without reading the body, whose rest is dropped."""
+        self.open = False
+        self.status = response.status
+        if not self.content.is_eof():
+            response.force_close()
+            if self._tap_possible():
+                self.mode = _FORWARD  # what aiohttp parsed is drained, then dropped
+                self._install_tap()
+                self._end_early(linger=self.inbox is not None)
+        if isinstance(response, web.HTTPException):
+            raise response  # aiohttp deprecates returning them
+        return response
+
+    def _too_large(self) -> web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=self.limit,
+            actual_size=self.limit + 1,
+            text=f"message larger than {self.limit} bytes",
+        )
+
+    # -- the handler's side ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Take what aiohttp parsed already and put the proxy in place."""
-        ended = self.peer._ended
-        if ended is not None:
-            ended.add_done_callback(self._on_peer_end)
+        """Take what aiohttp parsed already and put the tap in place."""
         content = self.content
-        transport = self.request.transport
-        if (
-            type(content) is not StreamReader
-            or not hasattr(content, "_http_chunk_splits")
-            or not hasattr(content, "_cursor")
-            or transport is None
-            or transport.get_protocol() is not self.request.protocol
-        ):
-            return  # _BASIC: aiohttp's public reading API only
-        self.transport = transport
-        self.inner = self.request.protocol
-        self.mode = _FORWARD
-        self._pull()
-        if self.finished:
-            return
-        if self.chunked and _is_llhttp(self.inner._parser):
-            self.mode = _RAW
-            if self.parts:
-                self._resume_in_data()
-            # else: llhttp stopped between chunks or inside a size line; the
-            # first byte still to come tells which probe reads its state.
-        self.tap = _Tap(self.inner, self)
-        transport.set_protocol(self.tap)
-
-    def stop(self) -> None:
-        """The handler is done: stop reading messages, leave the connection sane."""
-        self.active = False
-        ended = self.peer._ended
-        if ended is not None:
-            ended.remove_done_callback(self._on_peer_end)
-        self._resume_reading()
-        transport, tap = self.transport, self.tap
-        if tap is None or transport is None:
-            return
-        if self.mode == _FORWARD or (self.mode == _RAW and not self.probed):
-            # aiohttp's parser is intact: give it the connection back (it
-            # reads and discards what is left of the body, keep-alive works).
-            if not transport.is_closing() and transport.get_protocol() is tap:
-                transport.set_protocol(self.inner)
-            self.tap = None
+        if self._tap_possible() and (not self.chunked or _llhttp.reads_chunk_ends(content)):
             self.mode = _FORWARD
-        elif self.mode == _RAW and self.decoder is not None:
-            # Keep following the framing, dropping data, so aiohttp learns
-            # where the body ends; the connection closes after the response.
-            self.decoder.discard = True
-
-    def response(self) -> web.StreamResponse:
-        """The POST's response (raised for 400/413, as aiohttp wants HTTPExceptions)."""
-        if self.status == 413:
-            exc: web.HTTPException = _too_large(self.max_size)
-        elif self.status == 400:
-            exc = web.HTTPBadRequest(text=self.reason)
+            self._install_tap()
+            self._pull()
+            if self.open and self.chunked:
+                parser = _llhttp.llhttp_parser(self.request)
+                if parser is not None:
+                    self.mode = _RAW
+                    self.takeover = _llhttp.Takeover(parser, content)
+                    if self.buf is not None:
+                        self._locate_in_data()
+                    else:
+                        # llhttp stopped between chunks or inside a line: the
+                        # first new bytes tell which probe reads its state.
+                        self._ahead = True
         else:
-            resp = web.Response(status=200)
-            if self.probed:
-                resp.force_close()
-            return resp
-        if self.probed or self.status == 400:  # (400: the framing is not to be trusted)
-            exc.force_close()
-        raise exc
-
-    # -- what the handler awaits ------------------------------------------------------
-
-    def next(self) -> bytes | None:
-        if not self.queue:
-            return None
-        data = self.queue.popleft()
-        self.queued -= len(data)
-        if self.paused and self.queued < _BACKLOG // 2:
-            self._resume_reading()
-        return data
+            self.reader = asyncio.ensure_future(self._read_basic())
+        if self.open:
+            self._arm()
 
     async def wait(self) -> None:
-        """Until a message, the end of the body, a lost connection or the peer's end."""
-        if self.mode == _BASIC:
-            await self._read_basic()
+        """Until no more messages will come from this POST and the hooks have
+        handled those that did (not waited for when the peer or the connection
+        is gone)."""
+        while self.open or (self.pending and not self.ended and not self.gone):
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+
+    async def stop(self) -> None:
+        """The handler is done: stop reading and leave the connection sane."""
+        self.open = False
+        self._cancel_timer()
+        reader = self.reader
+        if reader is not None:
+            reader.cancel()
+            # Its readchunk() must stop waiting before aiohttp reads the payload.
+            await asyncio.wait([reader])
+        self.throttle(False)
+        if self.tap is None or self.gone:
             return
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
+        if self.body_done:
+            if self.mode == _FORWARD:
+                # aiohttp's parser is intact: give it the connection back
+                # (keep-alive works, pipelined requests are served).
+                self._uninstall_tap()
+            else:
+                self.mode = _DROP  # llhttp was probed: bytes after the body are lost
+            return
+        self._end_early(linger=not self.ended)
+
+    def response(self) -> web.StreamResponse:
+        """The POST's response (raised for errors, as aiohttp wants HTTPExceptions)."""
+        # After llhttp was probed, or with the body unfinished, aiohttp cannot
+        # parse a next request on this connection.
+        reusable = self.body_done and self.mode in (_FORWARD, _BASIC)
+        status = self.status
+        if status is None:
+            resp = web.Response(status=200)
+            if not reusable:
+                resp.force_close()
+            return resp
+        exc: web.HTTPException
+        if status == 413:
+            exc = self._too_large()
+        elif status == 408:
+            exc = web.HTTPRequestTimeout(text=self.reason)
+        else:
+            exc = web.HTTPBadRequest(text=self.reason)
+        exc.force_close()
+        raise exc
 
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _on_peer_end(self, _: asyncio.Future[bool]) -> None:
-        self._finish()
+    # -- the inbox's side --------------------------------------------------------------------
 
-    def _finish(self) -> None:
-        self.active = False
-        self.finished = True
-        self._wake()
+    def delivered(self) -> None:
+        """One of this POST's messages was handled (or dropped)."""
+        self.pending -= 1
+        if not self.pending:
+            self._wake()
 
-    # -- messages ---------------------------------------------------------------------
+    def peer_ended(self) -> None:
+        self.ended = True
+        self._close()
 
-    def _add(self, data: bytes) -> None:
-        if not self.active:
+    def throttle(self, paused: bool) -> None:
+        """Stop (or resume) reading from the client: the peer holds too much."""
+        if paused and not self.open:
             return
-        if self.parts_size + len(data) > self.max_size:
-            self._refuse(413)
+        if paused == self.paused:
             return
-        self.parts.append(data)
-        self.parts_size += len(data)
+        self.paused = paused
+        transport = self.transport
+        if self.mode == _BASIC:
+            waiter = self.unpaused
+            if not paused and waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif transport is None:
+            pass
+        elif paused:
+            _pause(transport)
+        elif self.open and self.mode in (_RAW, _FORWARD):
+            # What was held back is read before anything new (and outside the
+            # inbox's loop over its POSTs).
+            self.loop.call_soon(self._continue)
+        else:
+            _resume(transport)
 
-    def _end_message(self) -> None:
-        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        self.parts = []
-        self.parts_size = 0
-        self.emit(data)
-
-    def emit(self, data: bytes) -> None:
-        """A complete message (the ``_Decoder`` sink)."""
-        if not self.active:
+    def _continue(self) -> None:
+        """Unpaused: read what was held back, then let the client send more."""
+        transport = self.transport
+        if self.paused or transport is None or self.tap is None:
             return
-        self.queue.append(data)
-        self.queued += len(data)
-        self._throttle()
-        self._wake()
+        if self.open:
+            if self.mode == _RAW:
+                raw = self.raw
+                if raw is not None:
+                    self.raw = None
+                    self._decode(raw, self.raw_at)
+            elif self.mode == _FORWARD:
+                self._pull()
+            if self.open and self.inbox is not None:
+                self.inbox.flow()
+        (_pause if self.paused else _resume)(transport)
 
-    def _throttle(self) -> None:
-        # The hooks are slower than the client: stop reading until they catch
-        # up, so a fast client cannot grow the queue without bound. Re-applied
-        # after draining aiohttp, which resumes reading as its buffer empties.
-        if self.queued > _BACKLOG and self.transport is not None:
-            self.paused = True
-            _pause(self.transport)
+    # -- messages ------------------------------------------------------------------------------
 
-    def oversize(self) -> None:
-        """A chunk over ``max_size`` (the ``_Decoder`` sink): refuse the body."""
-        self._refuse(413)
+    def _take(self, data: bytes) -> None:
+        """Data of the message being read."""
+        if not self.open:
+            return
+        buf = self.buf
+        if buf is None:
+            if len(data) > self.limit:
+                self._refuse(413)
+                return
+            self.buf = data
+        else:
+            if len(buf) + len(data) > self.limit:
+                self._refuse(413)
+                return
+            if isinstance(buf, bytes):
+                # Pieces go into one growing buffer: many small pieces must not
+                # cost an object (and its header) each.
+                buf = self.buf = bytearray(buf)
+            buf += data
+        self._account()
 
-    def done(self) -> None:
-        """The body ended (the ``_Decoder`` sink)."""
-        self._eof()
-        self._finish()
+    def _account(self) -> None:
+        buf = self.buf
+        held = 0 if buf is None else _cost(buf)
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.held += held - self.held
+        self.held = held
+
+    def _emit(self) -> None:
+        """The message being read is complete."""
+        buf = self.buf
+        data = b"" if buf is None else buf if isinstance(buf, bytes) else bytes(buf)
+        self.buf = None
+        self._account()
+        inbox = self.inbox
+        if not self.open or inbox is None:
+            return
+        self.pending += 1
+        inbox.put(self, data)
+        inbox.flow()
+
+    def _body_end(self) -> None:
+        """The body's end was read."""
+        self.body_done = True
+        if self.mode != _FORWARD:
+            self._feed_eof()
+        self._close()
 
     def _refuse(self, status: int, reason: str = "") -> None:
-        if self.status is None and self.active:
+        if self.status is None and self.open:
             self.status = status
             self.reason = reason
-        self.parts = []
-        self.parts_size = 0
-        self._finish()
+        if self.decoder is not None:
+            self.decoder.discard = True
+        self._close()
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, ConnectionError):
-            self._finish()  # the connection is gone
+            self.gone = True
+            self._close()  # the connection is gone
         else:
             self._refuse(400, "invalid request body")
 
-    def _eof(self) -> None:
-        # aiohttp checks the payload after the handler: at EOF it neither
-        # lingers on the body nor treats the request as unfinished.
-        if not self.content.is_eof():
-            self.content.feed_eof()
+    def _close(self) -> None:
+        """No more messages from this POST."""
+        if self.open:
+            self.open = False
+            self._cancel_timer()
+        self.raw = None
+        if self.buf is not None:
+            self.buf = None
+            self._account()
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.flow()
+        self._wake()
 
-    def _resume_reading(self) -> None:
-        if self.paused:
-            self.paused = False
-            if self.transport is not None:
-                _resume(self.transport)
-
-    # -- forward mode: aiohttp parses, we drain ---------------------------------------
+    # -- FORWARD: aiohttp parses, the channel drains ---------------------------------------
 
     def _pull(self) -> None:
         """Turn what aiohttp parsed into messages, split at aiohttp's chunk ends."""
         content = self.content
         try:
-            while self.active:
-                splits = content._http_chunk_splits
-                if splits:
-                    n = splits[0] - content._cursor
-                    if n <= 0:
-                        splits.popleft()
-                        # Nothing read since the last chunk end: not a message
-                        # (aiohttp repeats an end once earlier ones are consumed).
-                        if n == 0 and self.parts:
-                            self._end_message()
-                        continue
-                    data = content.read_nowait(n)
-                else:
-                    data = content.read_nowait(-1)
-                if not data:
+            while self.open:
+                if self.chunked:
+                    data, end = _llhttp.read_parsed(content)
+                else:  # a plain body needs no chunk ends (nor aiohttp's internals)
+                    data, end = content.read_nowait(-1), False
+                if data:
+                    self._take(data)
+                if end:
+                    if self.buf is not None:
+                        self._emit()
+                        if self.paused:
+                            break  # the rest waits in aiohttp's buffer
+                elif not data:
                     break
-                self._add(data)
         except Exception as exc:  # the payload's exception
             self._failed(exc)
             return
-        finally:
-            self._throttle()
-        if self.active and content.is_eof():
-            if not self.chunked or self.parts:
-                self._end_message()  # a plain body is one message, even empty
-            self._finish()
+        if self.open and content.at_eof():
+            if not self.chunked or self.buf is not None:
+                self._emit()  # a plain body is one message, even an empty one
+            self._body_end()
+
+    # -- RAW: the channel decodes --------------------------------------------------------------
+
+    def _locate_in_data(self) -> None:
+        """llhttp stopped inside a chunk whose data it has partly passed on."""
+        assert self.takeover is not None and self.buf is not None
+        budget = self.limit - len(self.buf)
+        located = self.takeover.in_data(budget)
+        if located.due > budget:
+            self._refuse(413)
+            self.mode = _DROP
+            return
+        if located.position.state == State.CR_OR_LF:
+            self._emit()  # the chunk is complete; only its CRLF is due
+        self.decoder = ChunkedDecoder(self, located.position)
+
+    def _locate_at_line(self, ahead: bytes) -> None:
+        assert self.takeover is not None
+        located = self.takeover.at_line(ahead, self.limit)
+        if located.due > self.limit:
+            self._refuse(413)
+            self.mode = _DROP
+            return
+        self.decoder = ChunkedDecoder(self, located.position)
+
+    def _decode(self, data: bytes, start: int = 0) -> None:
+        raw = self.raw
+        if raw is not None:  # bytes held back come first
+            self.raw = None
+            data = raw[self.raw_at :] + data[start:]
+            start = 0
+        if self._ahead:
+            self._ahead = False
+            self._locate_at_line(data)
+        decoder = self.decoder
+        if decoder is None:
+            return
+        try:
+            used = decoder.feed(data, start)
+        except ChunkedError as exc:
+            self._refuse(400, f"invalid chunked body: {exc}")
+            # Where the body ends is unknown now: ignore the rest.
+            self.mode = _DROP
+            self.decoder = None
+            return
+        if used < len(data) and self.open and decoder.state != State.DONE:
+            # Paused after a chunk: the rest of this read waits undecoded — at
+            # most one read per POST, a fraction of what it would cost as
+            # many tiny messages (not counted as held: pausing cannot free it).
+            self.raw = data
+            self.raw_at = used
+
+    # ChunkedDecoder's sink:
+
+    def chunk_started(self, size: int) -> None:
+        if size > self.limit:
+            self._refuse(413)
+
+    def chunk_data(self, data: bytes) -> None:
+        self._take(data)
+
+    def chunk_ended(self) -> bool:
+        if self.open:
+            self._emit()  # may pause this POST: then the decoder stops here
+        return not self.paused
+
+    def body_ended(self) -> None:
+        self._body_end()
+
+    # -- BASIC: aiohttp's public reading API -------------------------------------------------
 
     async def _read_basic(self) -> None:
+        content = self.content
         try:
-            data, end = await self.content.readchunk()
+            while self.open:
+                if self.paused:
+                    waiter = self.unpaused = self.loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self.unpaused = None
+                    continue
+                data, end = await content.readchunk()
+                self.last = self.loop.time()
+                if not self.open:
+                    break
+                if data:
+                    self._take(data)
+                if end and self.chunked:
+                    if self.buf is not None:
+                        self._emit()
+                elif not data and not end:  # readchunk()'s EOF
+                    if not self.chunked or self.buf is not None:
+                        self._emit()
+                    self._body_end()
+                if self.inbox is not None:
+                    self.inbox.flow()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             self._failed(exc)
-            return
-        if not self.active:
-            return
-        if data:
-            self._add(data)
-        if end and self.chunked and self.parts:
-            self._end_message()
-        elif not data and not end:  # readchunk()'s EOF
-            if not self.chunked or self.parts:
-                self._end_message()
-            self._finish()
 
-    # -- raw mode: the proxy's bytes ----------------------------------------------------
+    # -- the tap: bytes as they arrive -------------------------------------------------------
+
+    def _tap_possible(self) -> bool:
+        transport = self.request.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and transport.get_protocol() is self.request.protocol
+        )
+
+    def _install_tap(self) -> None:
+        transport = self.request.transport
+        assert transport is not None
+        self.transport = transport
+        self.inner = transport.get_protocol()
+        self.tap = _Tap(self.inner, self)
+        transport.set_protocol(self.tap)
+
+    def _uninstall_tap(self) -> None:
+        tap, transport = self.tap, self.transport
+        self.tap = None
+        if tap is not None and transport is not None:
+            tap.uninstall(transport)
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the transport (``_Tap.data_received``)."""
+        """Bytes from the client (``_Tap.data_received``)."""
+        self.last = self.loop.time()
         mode = self.mode
         if mode == _FORWARD:
             self.inner.data_received(data)
-            if self.active:
+            if self.open:
                 self._pull()
         elif mode == _RAW:
-            if self.decoder is None:
-                self._resume_at_line(data)
-            decoder = self.decoder
-            if decoder is None:
-                return
-            try:
-                decoder.feed(data)
-            except _FramingError as exc:
-                self._refuse(400, f"invalid chunked body: {exc}")
-                self._drop()
+            self._decode(data)
+        elif mode == _DROP:
+            return
+        inbox = self.inbox
+        if self.open and inbox is not None:
+            inbox.flow()
+        if self.paused and self.transport is not None:
+            # aiohttp resumes reading as its buffer empties; the inbox says otherwise.
+            _pause(self.transport)
 
     def lost(self) -> None:
         """The connection is gone (``_Tap.connection_lost``)."""
+        self.gone = True
         self.transport = None
         self.tap = None
         self.paused = False
-        if self.mode != _FORWARD:
-            self._eof()  # aiohttp may be lingering on a body it no longer parses
-        self._finish()
+        self._cancel_timer()
+        # aiohttp may be lingering on a body no one feeds it any more.
+        self._feed_eof()
+        self._close()
 
-    def _drop(self) -> None:
-        # Where the body ends is unknown: ignore the rest, close after responding.
-        self.mode = _DROP
-        self.decoder = None
-        self._eof()
-        self._resume_reading()
+    # -- ending early, lingering ------------------------------------------------------------
 
-    # -- learning llhttp's position (see the module docstring) --------------------------
-
-    def _resume_in_data(self) -> None:
-        """llhttp stopped inside a chunk whose data it has partly fed to us."""
-        budget = self.max_size - self.parts_size
-        _, fed, _ = self._probe(b"x" * (budget + 1))
-        decoder = _Decoder(self, self.max_size)
-        if fed > budget:
-            self._refuse(413)
-            self._drop()
-            return
-        if fed:  # that many bytes of the chunk are still due
-            decoder.state = _S_DATA
-            decoder.remaining = fed
-            decoder.parts = self.parts
-            decoder.parts_size = self.parts_size
-            self.parts = []
-            self.parts_size = 0
-        else:  # the chunk is complete; only its CRLF (or LF) is due
-            self._end_message()
-            decoder.state = _S_CR_OR_LF
-        self.decoder = decoder
-
-    def _resume_at_line(self, ahead: bytes) -> None:
-        """llhttp stopped with no chunk data pending: between chunks, inside a
-        chunk-size line or the trailers, or after a size line (data all due).
-        ``ahead``, the next bytes on the wire, picks a probe whose outcome
-        tells these apart."""
-        limit = self.max_size
-        decoder = _Decoder(self, limit)
-        first = ahead[0]
-        if first == _LF:
-            begun, fed, eof = self._probe(b"\n" + b"x" * (limit + 1))
-            if begun:  # the size line lacked only its LF: fed == its size
-                decoder.state = _S_SIZE_LF
-                decoder.size = fed
-            elif fed:
-                decoder.state = _S_DATA
-                decoder.remaining = fed
-            elif eof:  # the final CRLF of the body lacked its LF
-                decoder.state = _S_END_LF
-            else:  # a trailer line lacked its LF
-                decoder.state = _S_TRAILERS_LF
+    def _end_early(self, *, linger: bool) -> None:
+        """The response comes before the body's end: drop the rest, and have
+        aiohttp close the connection after the response (see the module
+        docstring for when)."""
+        if self.mode == _FORWARD:
+            # Whatever aiohttp parsed is dropped with the rest; with its buffer
+            # empty, aiohttp neither parses nor reads the payload again.
+            with contextlib.suppress(Exception):
+                while self.content.read_nowait(-1):
+                    pass
+        if linger and self.mode == _RAW and self.decoder is not None:
+            self.decoder.discard = True  # following the framing: its end ends the wait
         else:
-            lead, in_ext = _line_ending(ahead)
-            begun, fed, eof = self._probe(lead + b"x" * (limit + 1))
-            if begun:  # inside a size line: fed is the value of its digits so far
-                decoder.state = _S_SIZE
-                decoder.prefix = fed
-                decoder.in_ext = in_ext
-            elif fed:  # after a size line: fed is the whole chunk
-                decoder.state = _S_DATA
-                decoder.remaining = fed
-            elif eof:  # in the trailers
-                decoder.state = _S_TRAILERS
-            else:  # at the start of a size line (or garbage: the decoder says 400)
-                decoder.state = _S_SIZE
-        if fed > limit:
-            self._refuse(413)
-            self._drop()
+            self.mode = _DROP
+        self.paused = False
+        if self.transport is not None:
+            _resume(self.transport)
+        if not linger or self.loop.time() - self.last >= LINGER:
+            self._feed_eof()
             return
-        self.decoder = decoder
+        self.conn.ended.add_done_callback(self._linger_over)
+        self.timer = self.loop.call_at(self.last + LINGER, self._linger_check)
 
-    def _probe(self, probe: bytes) -> tuple[bool, int, bool]:
-        """Feed ``probe`` to llhttp; returns (chunk header seen, data bytes, message end)."""
-        self.probed = True
-        log = _PROBE
-        log.begun, log.fed, log.eof = False, 0, False
-        content = self.content
-        # The parser holds this very object as its payload: swapping the
-        # class routes llhttp's callbacks to the recorder and keeps nothing.
-        content.__class__ = _ProbeReader
-        try:
-            self.inner._parser.feed_data(probe)
-        except Exception:
-            pass  # the probe ends in a parse error by design
-        finally:
-            content.__class__ = StreamReader
-        return log.begun, log.fed, log.eof
+    def _linger_check(self) -> None:
+        self.timer = None
+        if self.eof_fed or self.gone:
+            return
+        quiet = self.loop.time() - self.last
+        if quiet >= LINGER:
+            self._feed_eof()
+        else:
+            self.timer = self.loop.call_at(self.last + LINGER, self._linger_check)
+
+    def _linger_over(self, _: object = None) -> None:
+        self._feed_eof()
+
+    def _feed_eof(self) -> None:
+        """Tell aiohttp the body is over: it stops waiting for it (and closes
+        the connection after a response marked so)."""
+        if self.eof_fed:
+            return
+        self.eof_fed = True
+        if not self.open:
+            self._cancel_timer()
+        with contextlib.suppress(ValueError):
+            self.conn.ended.remove_done_callback(self._linger_over)
+        if not self.content.is_eof():
+            self.content.feed_eof()
+
+    # -- the receive timeout -----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self.timeout is not None:
+            self.timer = self.loop.call_at(self.last + self.timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        timeout = self.timeout
+        if not self.open or timeout is None:
+            return
+        now = self.loop.time()
+        if self.paused or not self._mid_message():
+            self.grace = now  # not a stall of the client's: the clock starts again
+        elif now - max(self.last, self.grace) >= timeout:
+            self._refuse(408, f"no data for {timeout:g} s in the middle of a message")
+            return
+        self.timer = self.loop.call_at(max(self.last, self.grace) + timeout, self._on_timer)
+
+    def _mid_message(self) -> bool:
+        """Whether the client owes bytes now (it may not pause here)."""
+        if not self.chunked:
+            return True
+        if self.mode == _RAW:
+            decoder = self.decoder
+            return decoder is not None and not decoder.between_chunks
+        return self.buf is not None
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
-def _line_ending(ahead: bytes) -> tuple[bytes, bool]:
-    """What ends, for llhttp, the line it may have stopped inside of, judged by
-    the rest of that line (``ahead``); and whether that is a chunk extension.
+class _Tap(Forwarder):
+    """Stands in front of aiohttp's protocol while a POST body is read: the
+    body's raw bytes go to the channel first (or instead)."""
 
-    A trailer line has a colon: ``x:`` completes a field name (or is part of a
-    value). The rest of a size line can only be hex digits up to ``;`` or CR;
-    anything else there is an extension, which needs a name or value
-    character (``x``) before the line may end. (An extension whose rest is
-    hex digits alone reads as size digits: the one case this cannot tell.)
-    In chunk data every byte of the probe is data, whatever it is.
-    """
-    end = ahead.find(b"\n")
-    tail = ahead if end < 0 else ahead[:end]
-    if b":" in tail:
-        return b"x:\r\n\r\n", False
-    for stop in (b";", b"\r"):
-        cut = tail.find(stop)
-        if cut >= 0:
-            tail = tail[:cut]
-    if any(c not in _HEXDIGITS for c in tail):
-        return b"x\r\n\r\n", True
-    return b"\r\n\r\n", False
+    __slots__ = ("_channel",)
 
+    def __init__(self, inner: asyncio.BaseProtocol, channel: _Channel) -> None:
+        super().__init__(inner)
+        self._channel: _Channel | None = channel
 
-def _is_llhttp(parser: object) -> bool:
-    cls = type(parser)
-    return cls.__module__ == "aiohttp._http_parser" and cls.__name__ == "HttpRequestParser"
+    def data_received(self, data: bytes) -> None:
+        if self._channel is not None:
+            self._channel.feed(data)
+        else:
+            super().data_received(data)
 
-
-class _ProbeLog:
-    __slots__ = ("begun", "eof", "fed")
-
-    def __init__(self) -> None:
-        self.begun = False
-        self.fed = 0
-        self.eof = False
-
-
-_PROBE = _ProbeLog()  # a probe runs synchronously; one record serves them all
-
-
-class _ProbeReader(StreamReader):
-    """Stands in for ``request.content`` while llhttp parses a probe: records
-    what llhttp reports, keeps nothing, never pauses the connection."""
-
-    __slots__ = ()
-
-    def feed_data(self, data: bytes, size: int = 0) -> bool:
-        _PROBE.fed += len(data)
-        return False
-
-    def begin_http_chunk_receiving(self) -> None:
-        _PROBE.begun = True
-
-    def end_http_chunk_receiving(self) -> None:
-        pass
-
-    def feed_eof(self) -> None:
-        _PROBE.eof = True
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.lost()
 
 
 _NO_FLOW_CONTROL = (AttributeError, NotImplementedError, RuntimeError)  # or closing
@@ -683,167 +923,3 @@ def _pause(transport: asyncio.Transport) -> None:
 def _resume(transport: asyncio.Transport) -> None:
     with contextlib.suppress(*_NO_FLOW_CONTROL):
         transport.resume_reading()
-
-
-class _Tap(Forwarder):
-    """Stands in front of aiohttp's protocol while a POST body is read: the
-    body's raw bytes go to the channel instead of aiohttp's parser."""
-
-    __slots__ = ("_channel",)
-
-    def __init__(self, inner: Any, channel: _Channel) -> None:
-        super().__init__(inner)
-        self._channel: _Channel | None = channel
-
-    def data_received(self, data: bytes) -> None:
-        if self._channel is not None:
-            self._channel.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.lost()
-
-
-# -- our reading of the chunked coding (RFC 9112, section 7.1) ----------------------------
-
-
-class _FramingError(Exception):
-    pass
-
-
-(
-    _S_SIZE,
-    _S_SIZE_LF,
-    _S_DATA,
-    _S_CR,
-    _S_LF,
-    _S_CR_OR_LF,
-    _S_TRAILERS,
-    _S_TRAILERS_LF,
-    _S_END_LF,
-    _S_DONE,
-) = range(10)
-
-
-class _Decoder:
-    """Reads chunked framing from raw bytes and hands each chunk's data to the
-    channel the moment its last byte is in — not when the CRLF after it comes."""
-
-    __slots__ = (
-        "discard",
-        "in_ext",
-        "limit",
-        "line",
-        "parts",
-        "parts_size",
-        "prefix",
-        "remaining",
-        "sink",
-        "size",
-        "state",
-        "trailers",
-    )
-
-    def __init__(self, sink: _Channel, limit: int) -> None:
-        self.sink = sink
-        self.limit = limit
-        self.state = _S_SIZE
-        self.discard = False  # follow the framing only (refused, or no one listening)
-        self.line = bytearray()
-        self.parts: list[bytes] = []
-        self.parts_size = 0
-        self.remaining = 0
-        self.size = 0  # _S_SIZE_LF: the size llhttp already read
-        self.prefix: int | None = None  # value of the size digits llhttp already read
-        self.in_ext = False  # llhttp stopped inside a chunk extension
-        self.trailers = 0
-
-    def feed(self, data: bytes) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            state = self.state
-            if state == _S_DATA:
-                take = min(self.remaining, n - i)
-                if not self.discard:
-                    self.parts.append(data[i : i + take] if take < n else data)
-                    self.parts_size += take
-                i += take
-                self.remaining -= take
-                if not self.remaining:
-                    self.state = _S_CR
-                    parts, self.parts, self.parts_size = self.parts, [], 0
-                    if not self.discard:
-                        self.sink.emit(parts[0] if len(parts) == 1 else b"".join(parts))
-            elif state in (_S_SIZE, _S_TRAILERS):
-                j = data.find(b"\n", i)
-                end = n if j < 0 else j
-                if len(self.line) + end - i > _MAX_LINE:
-                    raise _FramingError("line too long")
-                self.line += data[i:end]
-                if j < 0:
-                    return
-                i = j + 1
-                if not self.line.endswith(b"\r"):
-                    raise _FramingError("bare LF")
-                line = bytes(self.line[:-1])
-                self.line.clear()
-                if state == _S_SIZE:
-                    self._chunk(self._size(line))
-                elif not line:
-                    self._done()
-                    return
-                else:
-                    self.trailers += 1
-                    if self.trailers > _MAX_TRAILERS:
-                        raise _FramingError("too many trailers")
-            else:
-                byte = data[i]
-                i += 1
-                if state == _S_CR and byte == _CR:
-                    self.state = _S_LF
-                elif state in (_S_LF, _S_CR_OR_LF) and byte == _LF:
-                    self.state = _S_SIZE
-                elif state == _S_CR_OR_LF and byte == _CR:
-                    self.state = _S_LF
-                elif state == _S_SIZE_LF and byte == _LF:
-                    self._chunk(self.size)
-                elif state == _S_TRAILERS_LF and byte == _LF:
-                    self.state = _S_TRAILERS
-                elif state == _S_END_LF and byte == _LF:
-                    self._done()
-                    return
-                elif state == _S_DONE:
-                    return  # bytes after the body: the connection closes anyway
-                else:
-                    raise _FramingError("CRLF expected")
-
-    def _size(self, line: bytes) -> int:
-        prefix, self.prefix = self.prefix, None
-        in_ext, self.in_ext = self.in_ext, False
-        if in_ext and prefix is not None:
-            return prefix  # the rest of an extension llhttp had begun
-        semi = line.find(b";")
-        digits = line if semi < 0 else line[:semi]
-        if prefix is None:
-            if not _HEX.fullmatch(digits):
-                raise _FramingError("bad chunk size")
-            return int(digits, 16)
-        if digits and not _HEX.fullmatch(digits):
-            raise _FramingError("bad chunk size")
-        return (prefix << 4 * len(digits)) + (int(digits, 16) if digits else 0)
-
-    def _chunk(self, size: int) -> None:
-        if not size:
-            self.state = _S_TRAILERS
-            return
-        if size > self.limit and not self.discard:
-            self.discard = True
-            self.sink.oversize()
-        self.remaining = size
-        self.state = _S_DATA
-
-    def _done(self) -> None:
-        self.state = _S_DONE
-        self.sink.done()

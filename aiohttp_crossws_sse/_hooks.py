@@ -14,7 +14,19 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._peer import CloseDetails, Peer
 
-__all__ = ["HOOK_NAMES", "Hooks", "SSEError", "Upgrade", "define_hooks", "logger"]
+__all__ = [
+    "HOOK_NAMES",
+    "Hooks",
+    "SSEError",
+    "Upgrade",
+    "define_hooks",
+    "invoke",
+    "logger",
+    "run_error_hooks",
+    "run_hooks",
+    "run_upgrade",
+    "sse_error",
+]
 
 logger = logging.getLogger("aiohttp_crossws_sse")
 
@@ -81,7 +93,9 @@ def define_hooks(
 
 
 def as_hooks(obj: object, what: str = "hooks") -> Hooks:
-    """Normalise a ``Hooks``, a ``dict`` of hook names, or an object with hook attributes."""
+    """Normalise a ``Hooks``, a ``dict`` of hook names, or an object with hook
+    attributes; refuse what is surely a mistake (a bare function, a class
+    instead of an instance, an object with no hook at all)."""
     if isinstance(obj, Hooks):
         return obj
     if isinstance(obj, Mapping):
@@ -89,10 +103,24 @@ def as_hooks(obj: object, what: str = "hooks") -> Hooks:
         if unknown:
             raise TypeError(f"{what}: unknown hook name {unknown[0]!r}")
         return Hooks(**obj)
-    return Hooks(**{n: getattr(obj, n, None) for n in HOOK_NAMES})
+    if isinstance(obj, type):
+        raise TypeError(
+            f"{what}: got the class {obj.__name__}, not an instance of it (pass {obj.__name__}())"
+        )
+    if inspect.isroutine(obj):
+        raise TypeError(
+            f"{what}: got the function {getattr(obj, '__name__', obj)!r}; "
+            "pass define_hooks(open=..., ...) or a dict of hook names"
+        )
+    found = {n: getattr(obj, n, None) for n in HOOK_NAMES}
+    if all(hook is None for hook in found.values()):
+        raise TypeError(
+            f"{what}: {type(obj).__name__} has none of the hook attributes {HOOK_NAMES}"
+        )
+    return Hooks(**found)
 
 
-async def call(hook: Callable[..., Any], *args: Any) -> Any:
+async def invoke(hook: Callable[..., Any], *args: Any) -> Any:
     """Call a sync or async hook and return its result."""
     result = hook(*args)
     if inspect.isawaitable(result):
@@ -100,21 +128,46 @@ async def call(hook: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-async def report(hooks: tuple[Hooks, ...], peer: Peer | None, err: SSEError) -> None:
+def sse_error(message: str, cause: BaseException) -> SSEError:
+    """The ``SSEError`` the error hooks receive for ``cause``."""
+    err = SSEError(f"{message}: {cause!r}")
+    err.__cause__ = cause
+    return err
+
+
+async def run_error_hooks(hooks: tuple[Hooks, ...], peer: Peer | None, err: SSEError) -> None:
     """Run every ``error`` hook; a failing error hook is logged, never raised."""
     for h in hooks:
         if h.error is None:
             continue
         try:
-            await call(h.error, peer, err)
+            await invoke(h.error, peer, err)
         except Exception:
             logger.exception("error hook failed")
 
 
-def wrap(message: str, cause: BaseException) -> SSEError:
-    err = SSEError(f"{message}: {cause!r}")
-    err.__cause__ = cause
-    return err
+async def run_hooks(hooks: tuple[Hooks, ...], name: str, peer: Peer, *args: Any) -> bool:
+    """Run hook ``name`` of every layer in order (global first, then resolved)
+    with ``(peer, *args)``: crossws's ``callHook``.
+
+    The one rule for a failing hook, whichever it is: it is logged at ERROR
+    on the package logger and reported to the error hooks as an ``SSEError``
+    ("<name> hook failed"), and the layers after it still run — each layer
+    (say, a global audit hook and a per-route one) gets every event. Returns
+    ``False`` when any of them failed.
+    """
+    ok = True
+    for h in hooks:
+        hook = getattr(h, name)
+        if hook is None:
+            continue
+        try:
+            await invoke(hook, peer, *args)
+        except Exception as exc:
+            ok = False
+            logger.exception("%s hook failed for peer %s", name, peer.id)
+            await run_error_hooks(hooks, peer, sse_error(f"{name} hook failed", exc))
+    return ok
 
 
 Resolver: TypeAlias = Callable[[web.Request], "object | None | Awaitable[object | None]"]
@@ -184,14 +237,20 @@ async def run_upgrade(hooks: tuple[Hooks, ...], request: web.Request) -> Upgrade
         if h.upgrade is None:
             continue
         try:
-            outcome.merge(await call(h.upgrade, request))
+            outcome.merge(await invoke(h.upgrade, request))
         except web.HTTPException as exc:
             outcome.response = exc
         except Exception as exc:
             response = getattr(exc, "response", None)
             if not isinstance(response, web.StreamResponse):
-                raise wrap("upgrade hook failed", exc) from exc
+                raise sse_error("upgrade hook failed", exc) from exc
             outcome.response = response
         if outcome.response is not None:
             break
     return outcome
+
+
+# TEMPORARY (until the POST channel moves to run_hooks): old names.
+call = invoke
+report = run_error_hooks
+wrap = sse_error

@@ -8,9 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Options"]
+__all__ = ["MAX_SEND_TIMEOUT", "Options"]
 
 _POLICIES = ("close", "drop-oldest")
+
+#: The largest ``send_timeout``: 2**31 - 1 milliseconds, the kernel's limit.
+MAX_SEND_TIMEOUT = 2_147_483
 
 
 def _number(name: str, value: Any, *, allow_none: bool = False, positive: bool = True) -> None:
@@ -47,6 +50,16 @@ class Options:
     shutdown_retry: int | None = None
     shutdown_timeout: float = 5.0
     retry_after: int = 5
+    # -- the POST channel (bidirectional mode; README "Options", _bidir) --------
+    #: Bytes held for one peer's POSTs (messages read and not yet handled by
+    #: its message hooks, plus the message each POST is reading; real sizes
+    #: plus a per-message overhead); beyond it those POSTs stop reading.
+    max_receive_buffer: int = 262_144
+    #: POSTs one peer may have open at once; one more gets 429 (None: no cap).
+    max_posts_per_peer: int | None = 16
+    #: Seconds a POST may go without a byte in the middle of a message before
+    #: it gets 408 (None: never). Between messages a streamed POST may idle.
+    receive_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
         _number("keepalive", self.keepalive)
@@ -56,6 +69,13 @@ class Options:
                 f"option 'slow_consumer' must be one of {_POLICIES}, got {self.slow_consumer!r}"
             )
         _number("send_timeout", self.send_timeout, allow_none=True)
+        if self.send_timeout is not None and not self.send_timeout <= MAX_SEND_TIMEOUT:
+            # It becomes the socket's TCP_USER_TIMEOUT, an unsigned 32-bit count
+            # of milliseconds the kernel takes as a signed int.
+            raise ValueError(
+                f"option 'send_timeout' must be at most {MAX_SEND_TIMEOUT} seconds "
+                f"(about 24.8 days) or None, got {self.send_timeout!r}"
+            )
         _integer("max_peers", self.max_peers, allow_none=True)
         _integer("max_message_size", self.max_message_size)
         if self.namespace is not None and not callable(self.namespace):
@@ -76,6 +96,10 @@ class Options:
         _integer("shutdown_retry", self.shutdown_retry, allow_none=True, minimum=0)
         _number("shutdown_timeout", self.shutdown_timeout)
         _integer("retry_after", self.retry_after, minimum=0)
+        # -- the POST channel --------------------------------------------------------
+        _integer("max_receive_buffer", self.max_receive_buffer)
+        _integer("max_posts_per_peer", self.max_posts_per_peer, allow_none=True)
+        _number("receive_timeout", self.receive_timeout, allow_none=True)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Options:

@@ -38,3 +38,8 @@ class Forwarder(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._inner.connection_lost(exc)
+
+    def uninstall(self, transport: asyncio.BaseTransport) -> None:
+        """Give ``transport`` back to the protocol this one stands in front of."""
+        if not transport.is_closing() and transport.get_protocol() is self:
+            transport.set_protocol(self._inner)

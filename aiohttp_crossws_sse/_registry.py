@@ -3,80 +3,86 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from ._frame import EAGER_WRITE, KEEPALIVE_FRAME, encode_text, to_text
+from ._frame import KEEPALIVE_FRAME, encode_text, to_text
+from ._outbox import Fanout, Scheduler
 from .sync.base import Relayed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from ._connection import Connection
     from ._options import Options
+    from ._outbox import Outbox
     from ._peer import Peer
 
-__all__ = ["Namespace", "Registry", "Stats"]
+__all__ = ["Namespace", "PeerView", "Registry", "Stats"]
 
 
+@dataclass(slots=True)
 class Stats:
     """Counters an operator asks for first (``SSEAdapter.stats()``)."""
 
-    __slots__ = (
-        "deliveries",
-        "events_dropped",
-        "frames_encoded",
-        "messages_received",
-        "peers_closed",
-        "peers_opened",
-        "peers_rejected",
-        "slow_consumers",
-    )
+    peers_opened: int = 0
+    peers_closed: int = 0
+    peers_rejected: int = 0  # refused by max_peers or while shutting down
+    frames_encoded: int = 0  # events encoded: one per send, one per publish
+    deliveries: int = 0  # frames queued for a peer (a publish to N peers counts N)
+    events_dropped: int = 0  # discarded by the "drop-oldest" policy
+    slow_consumers: int = 0  # peers closed by the "close" policy
+    messages_received: int = 0  # bidirectional messages handed to hooks
 
-    def __init__(self) -> None:
-        self.frames_encoded = 0  # events encoded: one per send, one per publish
-        self.deliveries = 0  # frames queued for a peer (a publish to N peers counts N)
-        self.events_dropped = 0  # discarded by the "drop-oldest" policy
-        self.slow_consumers = 0  # peers closed by the "close" policy
-        self.peers_opened = 0
-        self.peers_closed = 0
-        self.peers_rejected = 0  # refused by max_peers or while shutting down
-        self.messages_received = 0  # bidirectional messages handed to hooks
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class _Topic:
-    """The subscribers of one topic; fan-out iterates an immutable snapshot."""
+class PeerView(Mapping[str, "Peer"]):
+    """A read-only ``Mapping[str, Peer]`` over connections by id."""
 
-    __slots__ = ("members", "snapshot")
+    __slots__ = ("_connections",)
 
-    def __init__(self) -> None:
-        self.members: dict[Peer, None] = {}
-        self.snapshot: tuple[Peer, ...] | None = None
+    def __init__(self, connections: dict[str, Connection]) -> None:
+        self._connections = connections
+
+    def __getitem__(self, key: str) -> Peer:
+        return self._connections[key].peer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._connections)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._connections
+
+    def __repr__(self) -> str:
+        return f"<peers {list(self._connections)}>"
 
 
 class Namespace:
     """Peers that can see each other, and their topics."""
 
-    __slots__ = ("name", "peers", "topics")
+    __slots__ = ("connections", "name", "topics")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.peers: dict[str, Peer] = {}
-        self.topics: dict[str, _Topic] = {}
+        self.connections: dict[str, Connection] = {}
+        self.topics: dict[str, Fanout] = {}
 
-    def join(self, topic: str, peer: Peer) -> None:
+    def join(self, topic: str, outbox: Outbox) -> None:
         entry = self.topics.get(topic)
         if entry is None:
-            entry = self.topics[topic] = _Topic()
-        entry.members[peer] = None
-        entry.snapshot = None
+            entry = self.topics[topic] = Fanout()
+        entry.add(outbox)
 
-    def leave(self, topic: str, peer: Peer) -> None:
+    def leave(self, topic: str, outbox: Outbox) -> None:
         entry = self.topics.get(topic)
-        if entry is None or peer not in entry.members:
+        if entry is None:
             return
-        del entry.members[peer]
-        if entry.members:
-            entry.snapshot = None
-        else:
+        entry.discard(outbox)
+        if not entry.members:
             del self.topics[topic]  # no dead topics after churn
 
 
@@ -91,40 +97,40 @@ class Registry:
         self.options = options
         self._on_relay_error = on_relay_error
         self.stats = Stats()
-        self.peers: dict[str, Peer] = {}
+        self.scheduler = Scheduler(options, self.stats)
+        self.connections: dict[str, Connection] = {}
         self.namespaces: dict[str, Namespace] = {}
-        self._dirty: list[Peer] = []
-        self._flush_handle: asyncio.Handle | None = None
         self._keepalive_handle: asyncio.TimerHandle | None = None
 
     # -- membership ---------------------------------------------------------
 
-    def namespace(self, name: str) -> Namespace:
-        ns = self.namespaces.get(name)
+    def add(self, conn: Connection, namespace: str) -> Namespace:
+        """Register an open peer; returns its namespace."""
+        ns = self.namespaces.get(namespace)
         if ns is None:
-            ns = self.namespaces[name] = Namespace(name)
-        return ns
-
-    def add(self, peer: Peer) -> None:
-        self.peers[peer.id] = peer
-        ns = peer._namespace = self.namespace(peer._namespace.name)
-        ns.peers[peer.id] = peer
+            ns = self.namespaces[namespace] = Namespace(namespace)
+        self.connections[conn.peer.id] = conn
+        ns.connections[conn.peer.id] = conn
         self.stats.peers_opened += 1
         if self._keepalive_handle is None:
             loop = asyncio.get_running_loop()
             self._keepalive_handle = loop.call_later(self.options.keepalive, self._keepalive)
+        return ns
 
-    def remove(self, peer: Peer) -> None:
+    def remove(self, conn: Connection) -> None:
         """Forget a peer everywhere at once (idempotent)."""
-        if self.peers.pop(peer.id, None) is None:
+        peer_id = conn.peer.id
+        if self.connections.pop(peer_id, None) is None:
             return
-        ns = peer._namespace
-        ns.peers.pop(peer.id, None)
-        for topic in peer._topics:
-            ns.leave(topic, peer)
-        if not ns.peers and not ns.topics and self.namespaces.get(ns.name) is ns:
+        ns = conn.namespace
+        if ns is None:
+            return
+        ns.connections.pop(peer_id, None)
+        for topic in conn.topic_list():
+            ns.leave(topic, conn.outbox)
+        if not ns.connections and not ns.topics and self.namespaces.get(ns.name) is ns:
             del self.namespaces[ns.name]
-        if not self.peers and self._keepalive_handle is not None:
+        if not self.connections and self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
 
@@ -133,18 +139,6 @@ class Registry:
 
     # -- delivery -------------------------------------------------------------
 
-    def mark_dirty(self, peer: Peer) -> None:
-        """Schedule ``peer``'s outbox to be written at the end of this loop iteration."""
-        self._dirty.append(peer)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
-        for peer in dirty:
-            peer._flush()
-
     def publish(
         self,
         topic: str,
@@ -152,11 +146,13 @@ class Registry:
         *,
         event: str | None = None,
         namespace: str | None = None,
-        sender: Peer | None = None,
+        sender: Connection | None = None,
     ) -> None:
-        """Encode once, queue the same frame for every local subscriber, relay."""
+        """Encode once, hand the same frame to every local subscriber, relay."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        if namespace is not None and not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str or None, not {type(namespace).__name__}")
         text = to_text(data)
         self._deliver(topic, encode_text(text, event=event), namespace, sender)
         sync = self.options.sync
@@ -165,7 +161,7 @@ class Registry:
                 sync.publish(Relayed(topic, text, event=event, namespace=namespace))
             except Exception as exc:  # a backplane must not break a handler
                 if self._on_relay_error is not None:
-                    self._on_relay_error(sender, exc)
+                    self._on_relay_error(sender.peer if sender is not None else None, exc)
 
     def deliver_relayed(self, message: Relayed) -> None:
         """A publish made by another instance: local subscribers only, never relayed."""
@@ -173,7 +169,7 @@ class Registry:
         self._deliver(message.topic, frame, message.namespace, None)
 
     def _deliver(
-        self, topic: str, frame: bytes, namespace: str | None, sender: Peer | None
+        self, topic: str, frame: bytes, namespace: str | None, sender: Connection | None
     ) -> None:
         self.stats.frames_encoded += 1
         if namespace is None:
@@ -182,53 +178,19 @@ class Registry:
         elif (target := self.namespaces.get(namespace)) is not None:
             self._fanout(target, topic, frame, sender)
 
-    def _fanout(self, ns: Namespace, topic: str, frame: bytes, sender: Peer | None) -> None:
+    def _fanout(self, ns: Namespace, topic: str, frame: bytes, sender: Connection | None) -> None:
         entry = ns.topics.get(topic)
         if entry is None:
             return
-        members = entry.snapshot
-        if members is None:
-            members = entry.snapshot = tuple(entry.members)
-        size = len(frame)
-        self.stats.deliveries += len(members) - (sender is not None and sender in entry.members)
-        if size >= EAGER_WRITE or self._flush_handle is None:
-            # Big frames, and the first publish of a loop iteration, go to
-            # each writable peer's transport at once (no second pass, no
-            # added latency). The flush scheduled here marks the iteration:
-            # small publishes after this one queue and leave joined.
-            if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-            # Peer._write_or_queue inlined: this loop runs once per
-            # subscriber per publish.
-            for peer in members:
-                if peer is sender:
-                    continue
-                if not peer._queue and not peer._paused and peer._chunked:
-                    transport = peer._transport
-                    if transport is not None and not transport.is_closing():
-                        transport.write(frame)
-                        continue
-                peer._enqueue(frame)
-            return
-        limit = self.options.max_buffer
-        dirty = self._dirty
-        # Peer._enqueue inlined, for the same reason.
-        for peer in members:
-            if peer is sender:
-                continue
-            queue = peer._queue
-            if not queue:
-                dirty.append(peer)
-            queue.append(frame)
-            peer._queued += size
-            if peer._paused and peer._queued > limit:
-                peer._overflow()
+        skip = sender.outbox if sender is not None else None
+        self.stats.deliveries += len(entry.members) - (skip is not None and skip in entry.members)
+        entry.publish(frame, skip, self.scheduler)
 
     def _keepalive(self) -> None:
         self._keepalive_handle = None
-        for peer in tuple(self.peers.values()):
-            peer._push(KEEPALIVE_FRAME)
-        if self.peers:
+        for conn in tuple(self.connections.values()):
+            conn.outbox.push(KEEPALIVE_FRAME)
+        if self.connections:
             loop = asyncio.get_running_loop()
             self._keepalive_handle = loop.call_later(self.options.keepalive, self._keepalive)
 

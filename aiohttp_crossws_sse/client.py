@@ -25,12 +25,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._parser import EventStreamParser, ServerSentEvent
+from ._wire import CROSSWS_ID_EVENT, PEER_ID_HEADER
 
 __all__ = ["EventSourceClient", "SSEClientError", "ServerSentEvent", "connect"]
 
 #: Response header (and first event type) carrying the crossws peer id.
-CROSSWS_ID_HEADER = "x-crossws-id"
-CROSSWS_ID_EVENT = "crossws-id"
+CROSSWS_ID_HEADER = PEER_ID_HEADER
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_BODY_WAIT = 5.0
@@ -50,40 +50,6 @@ class SSEClientError(Exception):
         self.body = body
 
 
-def connect(
-    url: str | URL,
-    *,
-    session: aiohttp.ClientSession | None = None,
-    headers: Mapping[str, str] | None = None,
-    last_event_id: str | None = None,
-    reconnect: bool = False,
-    retry: float = 3.0,
-    timeout: float | None = None,
-) -> EventSourceClient:
-    """Return a client for the SSE endpoint ``url``; nothing is sent yet.
-
-    Use it as ``async with connect(url) as client:`` (or ``await connect(url)``
-    and later ``await client.close()``). Without ``session`` the client
-    creates one and closes it on :meth:`EventSourceClient.close`; a given
-    session is left open. ``headers`` are sent with every request (also the
-    POSTs of :meth:`EventSourceClient.send`). ``last_event_id`` is sent as
-    ``Last-Event-ID`` on the first request. With ``reconnect=True`` a stream
-    that ends or drops is reopened after the server's ``retry:`` time, or
-    ``retry`` seconds when the server set none. ``timeout`` bounds, in
-    seconds, each wait for the response headers (``None``: no bound); the
-    stream itself is never timed out.
-    """
-    return EventSourceClient(
-        url,
-        session=session,
-        headers=headers,
-        last_event_id=last_event_id,
-        reconnect=reconnect,
-        retry=retry,
-        timeout=timeout,
-    )
-
-
 class EventSourceClient:
     """One SSE stream, read on demand by the task that iterates it.
 
@@ -91,7 +57,18 @@ class EventSourceClient:
     (every one is also appended to ``events``); iteration ends when the
     stream ends, unless the client reconnects. ``crossws-id`` events are
     consumed: they update ``id`` and are not yielded. Only one task may read
-    events at a time. Build it with :func:`connect`.
+    events at a time.
+
+    Nothing is sent until it is used: as ``async with connect(url) as
+    client:`` (or ``await connect(url)`` and later ``await client.close()``).
+    Without ``session`` the client creates one and closes it on
+    :meth:`close`; a given session is left open. ``headers`` are sent with
+    every request (also the POSTs of :meth:`send`). ``last_event_id`` is
+    sent as ``Last-Event-ID`` on the first request. With ``reconnect=True`` a
+    stream that ends or drops is reopened after the server's ``retry:`` time,
+    or ``retry`` seconds when the server set none. ``timeout`` bounds, in
+    seconds, each wait for the response headers (``None``: no bound); the
+    stream itself is never timed out.
     """
 
     def __init__(
@@ -412,6 +389,11 @@ class EventSourceClient:
                     body=await _read_error_body(response),
                 )
             return response.status
+
+
+#: ``connect(url, **options)``: a client for the SSE endpoint ``url``; the
+#: very class, so the options are written once (see ``EventSourceClient``).
+connect = EventSourceClient
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> str:

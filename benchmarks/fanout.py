@@ -14,7 +14,7 @@ Rounds are interleaved (A B C, A B C, ...) so that drift of the machine hits
 every server alike; the table shows medians and the min-max spread.
 
 Examples:
-  python benchmarks/fanout.py                          # both scenarios, 3 rounds
+  python benchmarks/fanout.py                          # every scenario, 3 rounds
   python benchmarks/fanout.py --scenarios small --rounds 5 --servers ours,aiohttp-sse
   python benchmarks/fanout.py --scenarios large --clients 20 --messages 50
 """
@@ -51,6 +51,8 @@ from _harness import (
 SCENARIOS: dict[str, tuple[int, int, int]] = {  # name -> (clients, messages, size)
     "small": (1000, 200, 64),
     "large": (100, 200, 16384),
+    # one long burst: a server that batches it costs O(clients + events)
+    "burst": (1000, 2000, 64),
 }
 BASELINE = "aiohttp-sse"
 BUSY = 0.85  # a process this busy is what limits the rate

@@ -335,9 +335,9 @@ async def test_aiohttp_framing_when_llhttp_cannot_be_probed(
 ) -> None:
     """Without the probe (llhttp unrecognised) aiohttp's own chunk ends split
     the messages: standard framing still gives each message, whole, at once."""
-    from aiohttp_crossws_sse import _bidir
+    from aiohttp_crossws_sse import _llhttp
 
-    monkeypatch.setattr(_bidir, "_is_llhttp", lambda parser: False)
+    monkeypatch.setattr(_llhttp, "llhttp_parser", lambda request: None)
     got, _, client, stream, peer_id = await setup(aiohttp_client)
     post = await raw_post(client)
     await post.send(head(peer_id) + b"5\r\nhello\r\n")
@@ -446,9 +446,9 @@ async def test_fallback_without_aiohttp_internals(
 ) -> None:
     """Should aiohttp's internals change, messages still arrive (through
     ``readchunk()``: whole, in order, limits enforced)."""
-    from aiohttp_crossws_sse import _bidir
+    from aiohttp_crossws_sse import _llhttp
 
-    monkeypatch.setattr(_bidir, "StreamReader", type("Other", (), {}))
+    monkeypatch.setattr(_llhttp, "reads_chunk_ends", lambda content: False)
     got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=8)
     post = await raw_post(client)
     await post.send(head(peer_id) + b"5\r\nhello\r\n")
@@ -986,3 +986,290 @@ async def test_app_shutdown_ends_posts_and_hooks(aiohttp_client: Any, raw_post: 
     assert not sse._tasks
     post.close()
     stream.close()
+
+
+# -- regressions: aiohttp versions, lingering, memory, bounds ----------------------------------
+
+
+async def test_llhttp_is_recognised_on_this_aiohttp(aiohttp_client: Any, raw_post: Any) -> None:
+    """The takeover of llhttp works on this aiohttp version (CI runs this file
+    on the oldest supported one too): without it, Node's framing below would
+    still arrive, but one message late."""
+    from aiohttp import http_parser
+
+    from aiohttp_crossws_sse import _llhttp
+
+    if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy:
+        pytest.skip("aiohttp runs without its C extensions here")
+    found: list[bool] = []
+
+    def upgrade(request: web.Request) -> None:
+        if request.method == "POST":
+            found.append(_llhttp.llhttp_parser(request) is not None)
+
+    got = Got()
+    sse = sse_adapter(define_hooks(upgrade=upgrade, message=got.message), bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"4\r\nping")
+    await wait_until(lambda: got.texts == ["ping"])
+    await post.send(b"\r\n4\r\npong")
+    await wait_until(lambda: got.texts == ["ping", "pong"])
+    await post.send(b"\r\n0\r\n\r\n")
+    assert (await post.response())[0] == 200
+    assert found == [True]
+    stream.close()
+
+
+PENDING = {
+    "in-chunk": (head, b"4\r\nping", ["ping"]),  # Node: the CRLF is still due
+    "after-chunk": (head, b"4\r\nping\r\n", ["ping"]),
+    "no-chunk-yet": (head, b"", []),
+    "plain-incomplete": (
+        lambda peer_id: head(peer_id, chunked=False, extra="Content-Length: 10"),
+        b"abc",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("pending", list(PENDING))
+async def test_open_post_closes_its_connection_right_after_the_response(
+    aiohttp_client: Any, raw_post: Any, pending: str
+) -> None:
+    """The peer closes while its POST's body is unfinished: the response comes,
+    then the connection closes — not after aiohttp's 10 s lingering read of a
+    body that never ends."""
+    make_head, first, expected = PENDING[pending]
+    got, sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    await post.send(make_head(peer_id) + first)
+    await wait_until(lambda: got.posts == 1 and got.texts == expected)
+    sse.peers[peer_id].close()
+    status, headers, _ = await post.response()
+    assert (status, headers["connection"]) == (200, "close")
+    assert await post.closed_by_server(timeout=5)  # a hang guard: aiohttp lingers 10 s
+    stream.close()
+
+
+async def test_refused_upload_closes_once_the_client_is_quiet(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    """413 before the body's end, with the peer still open: the connection
+    closes after the response once the client stops sending."""
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    plain = await raw_post(client)
+    await plain.send(head(peer_id, chunked=False, extra="Content-Length: 100") + b"x" * 20)
+    chunked = await raw_post(client)
+    await chunked.send(head(peer_id) + b"ffff\r\n" + b"y" * 20)
+    for post in (plain, chunked):
+        assert (await post.response())[0] == 413
+        assert await post.closed_by_server(timeout=5)  # a hang guard (aiohttp: 10 s)
+    assert got.messages == []
+    stream.close()
+
+
+async def test_shutdown_does_not_wait_for_open_streamed_posts() -> None:
+    """``runner.cleanup()`` (``web.run_app`` defaults) with streamed POSTs open
+    ends them and is done — it does not wait out aiohttp's lingering reads."""
+    from tests.conftest import RunAppServer
+
+    got = Got()
+    sse = sse_adapter(got, bidir=True)
+    server = RunAppServer(make_app(sse))
+    await server.start()
+    host, port = server.url.removeprefix("http://").split(":")
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(server.url + "/sse")
+        first = await EventReader(resp).next()
+        peer_id = first.data
+        posts = []
+        for first_bytes in (b"2\r\nhi", b"2\r\nho\r\n", b""):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(head(peer_id) + first_bytes)
+            await writer.drain()
+            posts.append(RawPost(reader, writer))
+        await wait_until(lambda: got.posts == 3 and sorted(got.texts) == ["hi", "ho"])
+        await asyncio.wait_for(server.runner.cleanup(), 5)  # a hang guard, not a timing
+        for post in posts:
+            assert (await post.response())[0] == 200
+            assert await post.closed_by_server()
+            post.close()
+        resp.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "rest"),
+    [
+        (b"5f5e100\r\n" + b"x" * 1000, b""),  # llhttp stopped inside the chunk's data
+        (b"5f5e100\r\n", b""),  # ... right after its size line
+        (b"5f5e1", b"00\r\n"),  # ... inside its size line
+    ],
+    ids=["in-data", "after-size", "in-size"],
+)
+async def test_memory_of_a_post_follows_what_arrives_not_the_limit(
+    aiohttp_client: Any, raw_post: Any, first: bytes, rest: bytes
+) -> None:
+    """A 100 MB chunk declared under max_message_size=200 MB, of which 1 MiB
+    arrives: the server's memory grows with that MiB, not with the limit (the
+    probe of llhttp's position used to allocate twice the limit up front)."""
+    import tracemalloc
+
+    got, sse, client, stream, peer_id = await setup(aiohttp_client, max_message_size=200_000_000)
+    post = await raw_post(client)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await post.send(head(peer_id) + first)
+        await wait_until(lambda: got.posts == 1)
+        await post.send(rest + b"y" * (1 << 20))
+        await asyncio.sleep(0.1)  # (let the server read what arrived)
+        sse.peers[peer_id].close()
+        assert (await post.response())[0] == 200
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * (1 << 20), f"{peak / (1 << 20):.1f} MiB for 1 MiB received"
+    assert got.messages == []
+    stream.close()
+
+
+async def test_tiny_messages_count_their_real_size_against_the_receive_buffer(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    """20,000 two-byte messages behind a stuck hook: what the server holds
+    stays near max_receive_buffer (each message costs its real size plus
+    overhead, far more than its 2 bytes), and reading pauses; once the hook
+    moves, every message arrives, in order."""
+    import tracemalloc
+
+    release = asyncio.Event()
+    seen: list[bytes] = []
+    transports: list[asyncio.Transport] = []
+
+    def upgrade(request: web.Request) -> None:
+        if request.method == "POST" and request.transport is not None:
+            transports.append(request.transport)
+
+    async def message(peer: Peer, msg: Message) -> None:
+        await release.wait()
+        seen.append(msg.raw_data)
+
+    sse = sse_adapter(
+        define_hooks(upgrade=upgrade, message=message), bidir=True, max_receive_buffer=4096
+    )
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    count = 20_000
+    body = b"".join(b"2\r\n%02d\r\n" % (i % 100) for i in range(count))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await post.send(head(peer_id) + body)
+        await wait_until(lambda: bool(transports) and not transports[0].is_reading())
+        await asyncio.sleep(0.1)  # (anything still to be read would be read now)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # The wire bytes of one read may wait undecoded (140 kB here); decoded,
+    # 20,000 messages would take well over 1 MB.
+    assert held < 400_000, held
+    assert sse.stats()["messages_received"] == 1
+    release.set()
+    await post.send(b"0\r\n\r\n")
+    assert (await post.response(timeout=30))[0] == 200
+    assert seen == [b"%02d" % (i % 100) for i in range(count)]
+    stream.close()
+
+
+async def test_open_posts_per_peer_are_capped(aiohttp_client: Any, raw_post: Any) -> None:
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_posts_per_peer=2)
+    a = await raw_post(client)
+    await a.send(head(peer_id) + b"1\r\na")
+    b = await raw_post(client)
+    await b.send(head(peer_id))
+    await wait_until(lambda: got.posts == 2 and got.texts == ["a"])
+    c = await raw_post(client)
+    await c.send(head(peer_id) + b"1\r\nc")
+    status, headers, text = await c.response()
+    assert (status, headers["connection"]) == (429, "close")
+    assert b"too many open POSTs" in text and b"2" in text
+    assert await c.closed_by_server()
+    resp = await client.post("/sse", data=b"plain", headers={"x-crossws-id": peer_id})
+    assert resp.status == 429
+    await a.send(b"\r\n0\r\n\r\n")
+    assert (await a.response())[0] == 200
+    resp = await client.post("/sse", data=b"plain", headers={"x-crossws-id": peer_id})
+    assert resp.status == 200
+    await wait_until(lambda: got.texts == ["a", "plain"])
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    ("make_head", "first"),
+    [
+        (lambda peer_id: head(peer_id, chunked=False, extra="Content-Length: 10"), b"abc"),
+        (head, b"5\r\nhe"),  # inside a chunk's data
+        (head, b"5"),  # inside a chunk-size line
+        (head, b"1\r\na\r\n0\r\n"),  # the body's end is due
+    ],
+    ids=["plain", "in-data", "in-size", "trailers"],
+)
+async def test_a_post_stalled_inside_a_message_times_out(
+    aiohttp_client: Any, raw_post: Any, make_head: Any, first: bytes
+) -> None:
+    got, sse, client, stream, peer_id = await setup(aiohttp_client, receive_timeout=0.2)
+    post = await raw_post(client)
+    await post.send(make_head(peer_id) + first)
+    status, headers, text = await post.response()
+    assert (status, headers["connection"]) == (408, "close")
+    assert b"in the middle of a message" in text
+    assert await post.closed_by_server()
+    assert peer_id in sse.peers  # only the POST ended
+    stream.close()
+
+
+@pytest.mark.parametrize("pause_at", [b"2\r\nhi", b"2\r\nhi\r\n", b""], ids=str)
+async def test_a_streamed_post_may_idle_between_messages(
+    aiohttp_client: Any, raw_post: Any, pause_at: bytes
+) -> None:
+    """crossws keeps its POST open for the whole session: between messages
+    (Node's framing included: the CRLF still due) there is no timeout."""
+    got, _, client, stream, peer_id = await setup(aiohttp_client, receive_timeout=0.1)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + pause_at)
+    await wait_until(lambda: got.posts == 1)
+    await asyncio.sleep(0.5)  # five times the timeout
+    rest = b"" if pause_at.endswith(b"\n") or not pause_at else b"\r\n"
+    await post.send(rest + b"2\r\nho\r\n0\r\n\r\n")
+    assert (await post.response())[0] == 200
+    assert got.texts == (["hi", "ho"] if pause_at else ["ho"])
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "error"),
+    [
+        ("max_receive_buffer", 0, ValueError),
+        ("max_receive_buffer", 1.5, TypeError),
+        ("max_receive_buffer", None, TypeError),
+        ("max_posts_per_peer", 0, ValueError),
+        ("max_posts_per_peer", "2", TypeError),
+        ("receive_timeout", 0, ValueError),
+        ("receive_timeout", -1.0, ValueError),
+        ("receive_timeout", "1", TypeError),
+    ],
+)
+def test_post_channel_options_are_validated(name: str, bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=name):
+        sse_adapter(bidir=True, **{name: bad})
+
+
+def test_post_channel_option_defaults() -> None:
+    options = sse_adapter(bidir=True).options
+    assert options.max_receive_buffer == 262_144
+    assert options.max_posts_per_peer == 16
+    assert options.receive_timeout == 30.0
+    sse_adapter(bidir=True, max_posts_per_peer=None, receive_timeout=None)

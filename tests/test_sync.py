@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from aiohttp_crossws_sse import Peer, SSEAdapter, SSEError, define_hooks, sse_adapter
-from aiohttp_crossws_sse.sync import MemoryHub, MemorySync, Relayed, Sync
+from aiohttp_crossws_sse.sync import MemoryHub, MemorySync, Relayed, Sync, SyncLink
 from tests.conftest import EventReader
 
 
@@ -88,7 +87,7 @@ async def test_namespace_travels_with_the_publish(aiohttp_client: Any) -> None:
 
 
 class BrokenSync(Sync):
-    async def start(self, deliver: Callable[[Relayed], None]) -> None:
+    async def start(self, link: SyncLink) -> None:
         return None
 
     def publish(self, message: Relayed) -> None:

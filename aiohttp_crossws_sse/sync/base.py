@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Relayed", "Sync"]
+__all__ = ["Relayed", "Sync", "SyncLink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +14,7 @@ class Relayed:
     """One publish as it travels between instances: text, not an encoded frame.
 
     ``namespace`` ``None`` means every namespace; ``id`` is the cluster-wide
-    event id when history is on.
+    event id when the backplane assigns one (history in a cluster).
     """
 
     topic: str
@@ -24,16 +24,45 @@ class Relayed:
     id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SyncLink:
+    """What the adapter gives its backplane on ``start``.
+
+    ``instance_id``: unique per adapter instance; a backend tags what it
+    relays with it and drops messages carrying its own (echo suppression).
+    ``deliver``: hand a publish from another instance (or, for a backend
+    that assigns event ids, every publish once it has its id) to the local
+    subscribers. ``report``: a failure the backend met later, in the
+    background (a dropped connection, a reconnect that failed); the adapter
+    logs it and runs the ``error`` hooks with ``peer`` ``None``.
+    """
+
+    instance_id: str
+    deliver: Callable[[Relayed], None]
+    report: Callable[[Exception], None]
+
+
 class Sync(ABC):
-    """A backplane. The adapter calls ``start`` on app startup, ``close`` on shutdown."""
+    """A backplane. The adapter calls ``start`` on app startup, ``close`` on shutdown.
+
+    Who assigns event ids: in one process, the adapter; with a backplane
+    whose ``assigns_ids`` is true (and history on), the backplane — the
+    adapter then delivers a publish locally only when the backplane hands it
+    back through ``SyncLink.deliver`` with its id, so every instance sends
+    the same id for the same event.
+    """
+
+    #: The backplane gives publishes their cluster-wide ids.
+    assigns_ids: bool = False
 
     @abstractmethod
-    async def start(self, deliver: Callable[[Relayed], None]) -> None:
-        """Connect; call ``deliver`` for every publish made by *another* instance."""
+    async def start(self, link: SyncLink) -> None:
+        """Connect; call ``link.deliver`` for every publish made by *another* instance."""
 
     @abstractmethod
     def publish(self, message: Relayed) -> None:
-        """Relay a local publish; never blocks and never raises into the caller."""
+        """Relay a local publish; never blocks. An exception raised here is
+        reported (log and ``error`` hooks), never raised into the publisher."""
 
     @abstractmethod
     async def close(self) -> None:

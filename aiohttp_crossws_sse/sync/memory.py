@@ -7,9 +7,8 @@ cluster, and to test code written for a real backplane without starting one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
-from .base import Relayed, Sync
+from .base import Relayed, Sync, SyncLink
 
 __all__ = ["MemoryHub", "MemorySync"]
 
@@ -21,20 +20,20 @@ class MemoryHub:
     def __init__(self) -> None:
         self._members: dict[str, list[MemorySync]] = {}
 
-    def _join(self, member: MemorySync) -> None:
+    def join(self, member: MemorySync) -> None:
         self._members.setdefault(member.channel, []).append(member)
 
-    def _leave(self, member: MemorySync) -> None:
+    def leave(self, member: MemorySync) -> None:
         members = self._members.get(member.channel, [])
         if member in members:
             members.remove(member)
         if not members:
             self._members.pop(member.channel, None)
 
-    def _relay(self, sender: MemorySync, message: Relayed) -> None:
+    def relay(self, sender: MemorySync, message: Relayed) -> None:
         for member in self._members.get(sender.channel, ()):
             if member is not sender:
-                member._receive(message)
+                member.receive(message)
 
 
 _default_hub = MemoryHub()
@@ -51,26 +50,26 @@ class MemorySync(Sync):
             raise ValueError("channel must be a non-empty str")
         self.hub = hub if hub is not None else _default_hub
         self.channel = channel
-        self._deliver: Callable[[Relayed], None] | None = None
+        self._link: SyncLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, deliver: Callable[[Relayed], None]) -> None:
-        if self._deliver is not None:
+    async def start(self, link: SyncLink) -> None:
+        if self._link is not None:
             return
-        self._deliver = deliver
+        self._link = link
         self._loop = asyncio.get_running_loop()
-        self.hub._join(self)
+        self.hub.join(self)
 
     def publish(self, message: Relayed) -> None:
-        if self._deliver is None:
+        if self._link is None:
             raise RuntimeError("MemorySync is not started (is the app running?)")
-        self.hub._relay(self, message)
+        self.hub.relay(self, message)
 
-    def _receive(self, message: Relayed) -> None:
-        if self._deliver is not None and self._loop is not None:
-            self._loop.call_soon(self._deliver, message)
+    def receive(self, message: Relayed) -> None:
+        if self._link is not None and self._loop is not None:
+            self._loop.call_soon(self._link.deliver, message)
 
     async def close(self) -> None:
-        if self._deliver is not None:
-            self.hub._leave(self)
-            self._deliver = None
+        if self._link is not None:
+            self.hub.leave(self)
+            self._link = None

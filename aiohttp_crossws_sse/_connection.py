@@ -1,0 +1,185 @@
+"""``Connection``: the machinery behind one ``Peer`` — its lifecycle, hooks,
+topics, outbox and (in bidirectional mode) inbox.
+
+The adapter, the registry and the POST channel work with connections; users
+see only the ``Peer``. A connection's life: ``open`` (join the registry, take
+over the transport) → ``serve`` (the ``open`` hooks, then wait for the end,
+drain, end the body) → ``finalize`` (the ``close`` hooks, exactly once).
+``serve`` runs in a task the adapter owns, never in the request handler's:
+a handler that aiohttp cancels (``handler_cancellation=True``) cancels no hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._frame import encode_text
+from ._hooks import Hooks, run_hooks
+from ._outbox import REASON_LOST, Outbox
+from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer
+from ._wire import CROSSWS_ID_EVENT, ReadyState
+
+if TYPE_CHECKING:
+    from ._registry import Namespace, Registry
+
+__all__ = ["Connection"]
+
+
+class Connection:
+    """One accepted stream (see the module docstring)."""
+
+    __slots__ = (
+        "closed",
+        "details",
+        "ended",
+        "finalized",
+        "hooks",
+        "inbox",
+        "namespace",
+        "namespace_name",
+        "outbox",
+        "peer",
+        "registry",
+        "state",
+        "topics",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        registry: Registry,
+        namespace: str,
+        hooks: tuple[Hooks, ...],
+        context: dict[str, Any] | None,
+    ) -> None:
+        self.registry = registry
+        self.hooks = hooks
+        self.namespace_name = namespace
+        self.namespace: Namespace | None = None  # the registry's, once open
+        # None, one topic, or a set: most peers hold a topic or two, and an
+        # empty set alone costs 216 bytes per connection.
+        self.topics: str | set[str] | None = None
+        self.state = ReadyState.CONNECTING
+        self.details: CloseDetails | None = None
+        self.finalized = 0  # 1: close hooks running, 2: done
+        self.closed: asyncio.Future[None] | None = None
+        self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.inbox: Any = None  # the POST channel's state for this peer (_bidir)
+        self.outbox = Outbox(registry.scheduler, self, chunked=request.version >= (1, 1))
+        self.peer = Peer(self, request, context)
+
+    # -- topics -------------------------------------------------------------------
+
+    def topic_list(self) -> tuple[str, ...]:
+        topics = self.topics
+        if topics is None:
+            return ()
+        if isinstance(topics, str):
+            return (topics,)
+        return tuple(topics)
+
+    def has_topic(self, topic: str) -> bool:
+        topics = self.topics
+        return (
+            topic == topics if isinstance(topics, str) else topics is not None and topic in topics
+        )
+
+    def subscribe(self, topic: str) -> None:
+        if self.state > ReadyState.OPEN or self.namespace is None or self.has_topic(topic):
+            return
+        topics = self.topics
+        if topics is None:
+            self.topics = topic
+        elif isinstance(topics, str):
+            self.topics = {topics, topic}
+        else:
+            topics.add(topic)
+        self.namespace.join(topic, self.outbox)
+
+    def unsubscribe(self, topic: str) -> None:
+        if not self.has_topic(topic):
+            return
+        topics = self.topics
+        if isinstance(topics, set):
+            topics.discard(topic)
+        else:
+            self.topics = None
+        if self.namespace is not None:
+            self.namespace.leave(topic, self.outbox)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def open(self, transport: asyncio.Transport) -> None:
+        """Take over the transport and join the registry: the peer is open."""
+        self.outbox.attach(transport)
+        self.state = ReadyState.OPEN
+        self.namespace = self.registry.add(self, self.namespace_name)
+
+    async def serve(
+        self, request: web.Request, response: web.StreamResponse, *, announce_id: bool
+    ) -> None:
+        """The stream's life after ``open``: ``open`` hooks, the wait for its
+        end, a graceful drain, then the ``close`` hooks."""
+        try:
+            if announce_id:
+                self.outbox.write_now(encode_text(self.peer.id, event=CROSSWS_ID_EVENT))
+            if not await run_hooks(self.hooks, "open", self.peer):
+                self.end(CloseDetails(1011, REASON_OPEN_FAILED), graceful=True)
+            if await self.ended:  # graceful: write what is queued, then end the body
+                timeout = self.registry.options.send_timeout
+                await self.outbox.drain(timeout)
+                self.outbox.detach()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await response.write_eof()
+                except (ConnectionError, TimeoutError):
+                    if request.transport is not None:
+                        request.transport.abort()
+        finally:
+            # Cancelled (a shutdown gave up on a hook) or failed: end it now.
+            self.end(CloseDetails(None, REASON_LOST), graceful=False)
+            self.outbox.detach()
+            await self.finalize()
+
+    def end(self, details: CloseDetails, *, graceful: bool) -> None:
+        """Start closing: leave the registry and wake ``serve`` (idempotent)."""
+        if self.state >= ReadyState.CLOSING:
+            return
+        self.state = ReadyState.CLOSING
+        self.details = details
+        self.registry.remove(self)
+        if not graceful:
+            self.outbox.abort()
+        if not self.ended.done():
+            self.ended.set_result(graceful)
+
+    def end_abruptly(self, reason: str) -> None:
+        """The write path gave up on the client (lost, slow, stalled)."""
+        self.end(CloseDetails(None, reason), graceful=False)
+
+    async def finalize(self) -> None:
+        """Mark closed and run the close hooks, exactly once."""
+        if self.finalized:
+            return
+        self.finalized = 1
+        self.state = ReadyState.CLOSED
+        self.registry.remove(self)
+        details = self.details or CloseDetails(None, REASON_LOST)
+        try:
+            await run_hooks(self.hooks, "close", self.peer, details)
+        finally:
+            self.finalized = 2
+            self.registry.stats.peers_closed += 1
+            if self.closed is not None and not self.closed.done():
+                self.closed.set_result(None)
+            self.closed = None
+
+    async def wait_closed(self) -> None:
+        if self.finalized == 2:
+            return
+        if self.closed is None:
+            self.closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.closed)

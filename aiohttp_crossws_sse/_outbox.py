@@ -1,0 +1,604 @@
+"""The write path: everything between an encoded frame and a peer's transport.
+
+No other module touches a transport's write side. One ``Outbox`` per peer
+owns its queue, the joined writes of a loop iteration, flow control
+(pause/resume), the stall timer, the slow-consumer policy, drain waiting and
+the hand-over of the connection from aiohttp and back. ``fanout`` is the one
+fast loop that hands one frame to many outboxes.
+
+Write strategy: a big frame goes straight to the transport when nothing is
+queued before it and the transport takes data (the client reads it while the
+next is encoded). Small publishes to a topic are batched once per topic per
+loop iteration (a ``Fanout``): the frames are appended to one list, joined
+once, and the same bytes are written to every subscriber with nothing else
+pending when the publishing callback returns — before the loop polls for
+I/O, so a lone publish leaves as soon as a direct write would have, and a
+burst of M events to N subscribers costs about N + M steps, not N * M.
+A subscriber that has something else pending (a direct ``send``, a publish
+on another topic, a paused transport) takes the batch's frames into its own
+queue at that moment and follows per frame from then on, so each peer's
+order is exactly the order of the calls.
+
+What is held for a peer — its queue plus the transport's own write buffer —
+is bounded by ``max_buffer`` (plus at most one frame), whatever the timing of
+the sends: beyond it the ``slow_consumer`` policy applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from ._frame import EAGER_WRITE, unchunk
+from ._protocol import Forwarder
+
+if TYPE_CHECKING:
+    from ._options import Options
+    from ._registry import Stats
+
+__all__ = ["REASON_LOST", "REASON_SLOW", "REASON_STALLED", "Fanout", "Outbox", "Scheduler"]
+
+# Close reasons the write path gives (README "Close reasons").
+REASON_LOST = "connection lost"
+REASON_SLOW = "slow consumer"
+REASON_STALLED = "send timeout"
+
+# Small frames queued during one loop iteration are joined into writes of
+# about this many bytes.
+_COALESCE = EAGER_WRITE
+# A topic's batch is written out (and started afresh) once it holds this
+# much, or what max_buffer leaves room for, if less.
+_SEGMENT = 256 * 1024
+
+
+class Owner(Protocol):
+    """Who an outbox reports to when the stream must end now."""
+
+    def end_abruptly(self, reason: str) -> None: ...
+
+
+class Scheduler:
+    """Shared by an adapter's outboxes: the limits, the counters, and the
+    outboxes to write out at the end of this loop iteration."""
+
+    __slots__ = (
+        "batches",
+        "dirty",
+        "drop_oldest",
+        "handle",
+        "high_water",
+        "max_buffer",
+        "segment",
+        "stats",
+        "timeout",
+    )
+
+    def __init__(self, options: Options, stats: Stats) -> None:
+        self.max_buffer = options.max_buffer
+        self.drop_oldest = options.slow_consumer == "drop-oldest"
+        self.timeout = options.send_timeout
+        # The transport pauses us beyond this; what it holds below it is
+        # counted against max_buffer as if it were full.
+        self.high_water = min(65536, max(1024, options.max_buffer // 2))
+        # A batch never holds more than a subscriber bound to it may hold.
+        self.segment = min(_SEGMENT, max(0, self.max_buffer - self.high_water))
+        self.stats = stats
+        self.dirty: list[Outbox] = []
+        self.batches: list[Fanout] = []  # topics with a batch open in this iteration
+        self.handle: asyncio.Handle | None = None
+
+    def mark(self, outbox: Outbox) -> None:
+        """Write ``outbox``'s queue out at the end of this loop iteration."""
+        self.dirty.append(outbox)
+        if self.handle is None:
+            self.handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def open_batch(self, fanout: Fanout) -> None:
+        """``fanout`` has a batch to write out at the end of this iteration."""
+        self.batches.append(fanout)
+        if self.handle is None:
+            self.handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.handle = None
+        batches, self.batches = self.batches, []
+        for fanout in batches:
+            fanout.close_batch()
+        dirty, self.dirty = self.dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
+class _FlowWatch(Forwarder):
+    """Forwards to aiohttp's protocol while the stream is open; the outbox
+    also learns of flow control and of connection loss at once (aiohttp does
+    not cancel handlers by default, and an idle stream would otherwise notice
+    only at its next write)."""
+
+    __slots__ = ("_outbox",)
+
+    def __init__(self, inner: asyncio.BaseProtocol, outbox: Outbox) -> None:
+        super().__init__(inner)
+        self._outbox = outbox
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._outbox.on_pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._outbox.on_resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._outbox.on_lost(exc)
+
+
+class Outbox:
+    """One peer's frames on their way to its transport."""
+
+    __slots__ = (
+        "batch",
+        "chunked",
+        "discarded",
+        "dropped",
+        "owner",
+        "paused",
+        "queue",
+        "queued",
+        "room",
+        "sched",
+        "stall_timer",
+        "transport",
+        "waiter",
+        "watch",
+    )
+
+    def __init__(self, sched: Scheduler, owner: Owner, *, chunked: bool) -> None:
+        self.sched = sched
+        self.owner = owner
+        self.chunked = chunked  # HTTP/1.1: frames carry their chunk framing
+        self.transport: asyncio.Transport | None = None
+        self.watch: _FlowWatch | None = None
+        self.queue: list[bytes] = []
+        self.queued = 0
+        # Queued bytes allowed before the exact check: max_buffer less an
+        # upper bound of what the transport holds.
+        self.room = sched.max_buffer
+        self.paused = False
+        self.discarded = False  # ended with what was held thrown away
+        self.dropped = 0  # events discarded by the "drop-oldest" policy
+        self.stall_timer: asyncio.TimerHandle | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        # The topic batch this outbox takes whole at the end of the iteration
+        # (its queue is then empty: anything else pending releases it first).
+        self.batch: Fanout | None = None
+
+    # -- what the peer and the registry call ------------------------------------
+
+    @property
+    def buffered_amount(self) -> int:
+        """Queued bytes (a topic batch's included) plus those in the
+        transport's write buffer."""
+        held = self.queued
+        if self.batch is not None:
+            held += self.batch.pending_for(self)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return held
+        return held + transport.get_write_buffer_size()
+
+    def push(self, frame: bytes) -> None:
+        """One frame for this peer alone (``send``, keep-alive)."""
+        if len(frame) >= EAGER_WRITE:
+            self.write_or_queue(frame)
+        else:
+            self.enqueue(frame)
+
+    def write_now(self, frame: bytes) -> None:
+        """Hand ``frame`` to the transport ahead of any policy (the
+        ``crossws-id`` event: it must never be dropped)."""
+        transport = self.transport
+        if self.queue or self.batch or transport is None or transport.is_closing():
+            self.enqueue(frame)
+        else:
+            transport.write(frame if self.chunked else unchunk(frame))
+
+    def write_or_queue(self, frame: bytes) -> None:
+        """Write now when nothing is queued before ``frame`` and the transport
+        takes data; otherwise queue it."""
+        if not self.queue and not self.paused and self.chunked and self.batch is None:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(frame)
+                return
+        self.enqueue(frame)
+
+    def enqueue(self, frame: bytes) -> None:
+        if self.batch is not None:
+            self.batch.release(self)
+        queue = self.queue
+        if not queue:
+            self.sched.mark(self)
+        queue.append(frame)
+        self.queued += len(frame)
+        if self.queued > self.room:
+            self.check_overflow()
+
+    def take(self, frames: list[bytes]) -> None:
+        """Queue ``frames`` (a batch's, when this outbox leaves it)."""
+        if not frames:
+            return
+        if not self.queue:
+            self.sched.mark(self)
+        self.queue.extend(frames)
+        self.queued += sum(map(len, frames))
+        if self.queued > self.room:
+            self.check_overflow()
+
+    def flush(self) -> None:
+        """Hand every queued frame to the transport (when it takes data), small ones joined."""
+        queue = self.queue
+        if not queue or self.paused:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        queued = self.queued
+        self.queue = []
+        self.queued = 0
+        if not self.chunked:  # HTTP/1.0: close-delimited, no chunk framing
+            transport.write(b"".join(unchunk(f) for f in queue))
+        elif len(queue) == 1:
+            transport.write(queue[0])
+        elif queued <= _COALESCE:
+            transport.write(b"".join(queue))
+        else:
+            # Big frames go one write each: the transport hands each to the
+            # kernel at once while the client reads the previous one; small
+            # ones are joined into writes of about _COALESCE bytes.
+            start = size = 0
+            for end, frame in enumerate(queue, 1):
+                size += len(frame)
+                if size >= _COALESCE:
+                    transport.write(frame if end - start == 1 else b"".join(queue[start:end]))
+                    start, size = end, 0
+            if start < len(queue):
+                transport.write(b"".join(queue[start:]))
+        self._wake()
+
+    async def write_with_backpressure(self, frames: Iterable[bytes]) -> bool:
+        """Write ``frames`` after what is queued, waiting while the client is
+        slow instead of applying the slow-consumer policy (for replays).
+        Returns ``False`` if the stream ended first."""
+        for frame in frames:
+            while self.queue or self.paused:
+                if self.transport is None or self.discarded:
+                    return False
+                if self.paused:
+                    await self._progress()
+                else:
+                    self.flush()
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return False
+            transport.write(frame if self.chunked else unchunk(frame))
+        return True
+
+    async def wait_for_drain(self, threshold: int, timeout: float | None) -> bool:
+        """Wait until at most ``threshold`` bytes are held; ``False`` when the
+        stream ended with held bytes thrown away (see ``Peer.wait_for_drain``)."""
+        async with asyncio.timeout(timeout):
+            while not self.discarded:
+                if self.buffered_amount <= threshold:
+                    return True
+                if self.paused or self.queue:
+                    await self._progress()
+                else:
+                    # Below the transport's low-water mark nothing signals
+                    # progress; the kernel takes the rest within moments.
+                    await asyncio.sleep(0.005)
+        return False
+
+    async def drain(self, timeout: float | None) -> None:
+        """Write out the queue before a graceful end; abort after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.queue and self.transport is not None:
+                    if self.paused:
+                        await self._progress()
+                    else:
+                        self.flush()
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        """Throw away what is held and abort the connection now."""
+        if self.queue or self.buffered_amount:
+            self.discarded = True
+        self.queue = []
+        self.queued = 0
+        if self.transport is not None:
+            self.transport.abort()
+        self._wake()
+
+    # -- the connection -----------------------------------------------------------
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Take over the transport's callbacks (aiohttp's protocol still gets them all)."""
+        inner = transport.get_protocol()
+        self.transport = transport
+        self.watch = _FlowWatch(inner, self)
+        transport.set_protocol(self.watch)
+        transport.set_write_buffer_limits(high=self.sched.high_water)
+        self.paused = bool(getattr(inner, "writing_paused", False))
+        self.room = self.sched.max_buffer - self.sched.high_water
+        if self.paused:
+            self.on_pause()
+
+    def detach(self) -> None:
+        """Give the transport back to aiohttp (keep-alive may reuse the connection)."""
+        transport, watch = self.transport, self.watch
+        self._stop_stall_timer()
+        if transport is not None and watch is not None:
+            watch.uninstall(transport)
+        # The connection is aiohttp's again (it may serve another request).
+        self.transport = None
+        self.watch = None
+        self._wake()
+
+    def on_pause(self) -> None:
+        self.paused = True
+        transport = self.transport
+        if transport is not None:
+            self.room = self.sched.max_buffer - transport.get_write_buffer_size()
+        timeout = self.sched.timeout
+        if timeout is not None and self.stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self.stall_timer = loop.call_later(timeout, self._on_stalled)
+
+    def on_resume(self) -> None:
+        self.paused = False
+        self.room = self.sched.max_buffer - self.sched.high_water
+        self._stop_stall_timer()
+        if self.queue:
+            self.sched.mark(self)
+        self._wake()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        # Whatever was held, here or in the transport, is gone.
+        self.discarded = True
+        self.transport = None
+        self.paused = False
+        self.queue = []
+        self.queued = 0
+        # ETIMEDOUT: the kernel's TCP user timeout (send_timeout) gave up on it
+        self.owner.end_abruptly(REASON_STALLED if isinstance(exc, TimeoutError) else REASON_LOST)
+        self._wake()
+
+    # -- the slow-consumer policy ---------------------------------------------------
+
+    def check_overflow(self) -> None:
+        """The queue outgrew ``room``: apply the policy if what is held,
+        counted exactly, is over ``max_buffer``."""
+        sched = self.sched
+        transport = self.transport
+        unsent = 0
+        if transport is not None and not transport.is_closing():
+            unsent = transport.get_write_buffer_size()
+        limit = sched.max_buffer
+        if self.queued + unsent <= limit:
+            return
+        if sched.drop_oldest:
+            queue = self.queue
+            drop = 0
+            size = self.queued
+            while size + unsent > limit and drop < len(queue):
+                size -= len(queue[drop])
+                drop += 1
+            del queue[:drop]
+            self.queued = size
+            self.dropped += drop
+            sched.stats.events_dropped += drop
+        else:
+            sched.stats.slow_consumers += 1
+            self.owner.end_abruptly(REASON_SLOW)
+
+    def _on_stalled(self) -> None:
+        self.stall_timer = None
+        if self.paused:
+            self.owner.end_abruptly(REASON_STALLED)
+
+    def _stop_stall_timer(self) -> None:
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+
+    async def _progress(self) -> None:
+        """Until the next flush, resume, detach or abort."""
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.waiter)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Fanout:
+    """The subscribers of one topic (in one namespace), and the batch of frames
+    published to it in this loop iteration.
+
+    ``members`` is the subscriber set; fan-out iterates an immutable
+    snapshot of it. While a batch is open, ``bound`` maps each subscriber
+    that will take the batch whole to the index of its first frame, and
+    ``laggards`` get every later frame queued one by one.
+    """
+
+    __slots__ = ("bound", "frames", "laggards", "members", "size", "snapshot")
+
+    def __init__(self) -> None:
+        self.members: dict[Outbox, None] = {}
+        self.snapshot: tuple[Outbox, ...] | None = None
+        self.frames: list[bytes] | None = None  # None: no batch open
+        self.size = 0
+        self.bound: dict[Outbox, int] = {}
+        self.laggards: list[Outbox] = []
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, outbox: object) -> bool:
+        return outbox in self.members
+
+    def add(self, outbox: Outbox) -> None:
+        self.members[outbox] = None
+        self.snapshot = None
+        frames = self.frames
+        if frames is not None:  # joins mid-batch: gets what is published from now on
+            if _idle(outbox):
+                outbox.batch = self
+                self.bound[outbox] = len(frames)
+            else:
+                self.laggards.append(outbox)
+
+    def discard(self, outbox: Outbox) -> None:
+        if outbox not in self.members:
+            return
+        del self.members[outbox]
+        self.snapshot = None
+        if self.frames is not None:
+            if outbox.batch is self:
+                self.release(outbox)  # keeps what was published while subscribed
+            if outbox in self.laggards:
+                self.laggards.remove(outbox)
+
+    def publish(self, frame: bytes, skip: Outbox | None, sched: Scheduler) -> None:
+        """Hand ``frame`` to every subscriber but ``skip``."""
+        frames = self.frames
+        if frames is not None:  # the batch of this iteration: O(laggards)
+            frames.append(frame)
+            self.size += len(frame)
+            if skip is not None and skip.batch is self:
+                start = self.bound.pop(skip)
+                skip.batch = None
+                self.laggards.append(skip)
+                skip.take(frames[start:-1])
+            # A copy: a laggard over max_buffer may end, and leave the list.
+            for outbox in tuple(self.laggards):
+                if outbox is not skip:
+                    outbox.enqueue(frame)
+            if self.size > sched.segment:
+                self.write_batch(reopen=True)
+            return
+        members = self.snapshot
+        if members is None:
+            members = self.snapshot = tuple(self.members)
+        if len(frame) >= EAGER_WRITE:
+            # Big frames go to each writable peer's transport at once: the
+            # client reads one while the next is encoded.
+            # Outbox.write_or_queue inlined: this loop runs per subscriber.
+            for outbox in members:
+                if outbox is skip:
+                    continue
+                if (
+                    not outbox.queue
+                    and not outbox.paused
+                    and outbox.chunked
+                    and outbox.batch is None
+                ):
+                    transport = outbox.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(frame)
+                        continue
+                outbox.enqueue(frame)
+            return
+        # Open this iteration's batch: idle subscribers bind to it, the
+        # others queue this frame and follow frame by frame. It is written
+        # when the publishing callback returns — in this loop iteration,
+        # before the loop polls for I/O, so a lone publish leaves as soon as
+        # it would have written directly, and a burst leaves in one write.
+        self.frames = [frame]
+        self.size = len(frame)
+        sched.open_batch(self)
+        bound = self.bound
+        laggards = self.laggards
+        for outbox in members:
+            if _idle(outbox):
+                outbox.batch = self
+                bound[outbox] = 1 if outbox is skip else 0
+            else:
+                if outbox is not skip:
+                    outbox.enqueue(frame)
+                laggards.append(outbox)
+
+    def pending_for(self, outbox: Outbox) -> int:
+        """Bytes of the batch that ``outbox`` (bound to it) has yet to get."""
+        frames = self.frames
+        start = self.bound.get(outbox)
+        if frames is None or start is None:
+            return 0
+        return sum(map(len, frames[start:]))
+
+    def release(self, outbox: Outbox) -> None:
+        """``outbox`` must take something else: it queues the batch's frames
+        so far and follows frame by frame."""
+        start = self.bound.pop(outbox)
+        outbox.batch = None
+        frames = self.frames
+        if frames is not None:
+            self.laggards.append(outbox)
+            outbox.take(frames[start:])
+
+    def write_batch(self, *, reopen: bool) -> None:
+        """Write the batch to every bound subscriber, the joined bytes built
+        once per distinct start."""
+        frames = self.frames
+        bound = self.bound
+        if frames:
+            joined: dict[int, bytes] = {}
+            for outbox, start in bound.items():
+                data = joined.get(start)
+                if data is None:
+                    data = joined[start] = b"".join(frames[start:])
+                if data:
+                    transport = outbox.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(data)
+        if not reopen:
+            for outbox in bound:
+                outbox.batch = None
+            self.frames = None
+            self.bound = {}
+            self.laggards = []
+            self.size = 0
+            return
+        # Still in the iteration: a fresh, empty batch; a subscriber whose
+        # transport paused on that write follows frame by frame now.
+        self.frames = []
+        self.size = 0
+        fresh: dict[Outbox, int] = {}
+        for outbox in bound:
+            if outbox.paused:
+                outbox.batch = None
+                self.laggards.append(outbox)
+            else:
+                fresh[outbox] = 0
+        self.bound = fresh
+
+    def close_batch(self) -> None:
+        """End of the loop iteration."""
+        if self.frames is not None:
+            self.write_batch(reopen=False)
+
+
+def _idle(outbox: Outbox) -> bool:
+    """Nothing pending and a transport that takes data: it may bind to a batch."""
+    if outbox.queue or outbox.paused or not outbox.chunked or outbox.batch is not None:
+        return False
+    transport = outbox.transport
+    return transport is not None and not transport.is_closing()
