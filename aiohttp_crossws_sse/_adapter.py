@@ -27,7 +27,6 @@ from ._hooks import (
     sse_error,
 )
 from ._options import Options
-from ._outbox import REASON_LOST
 from ._peer import REASON_SHUTDOWN, CloseDetails, Peer
 from ._registry import PeerView, Registry
 from ._wire import PEER_ID_HEADER, ReadyState
@@ -159,15 +158,13 @@ class SSEAdapter:
                     conn.outbox.push(frame)
                 conn.end(CloseDetails(1001, REASON_SHUTDOWN), graceful=True)
             timeout = self.options.shutdown_timeout
-            waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns]
-            if waiting:
-                _, pending = await asyncio.wait(waiting, timeout=timeout)
-                for future in pending:
-                    future.cancel()
-                for conn in conns:
-                    if conn.finalized != 2:
-                        conn.outbox.abort()
-            # Every task a peer runs (its stream, its message hooks) is bounded too.
+            stuck = await _wait_closed(conns, timeout)
+            if stuck:  # abort them, and cancel open hooks that hang
+                for conn in stuck:
+                    conn.outbox.abort()
+                    conn.cancel()
+                await _wait_closed(stuck, timeout)  # their close hooks run now
+            # Every task a peer runs (close and message hooks) is bounded too.
             running = set(self._tasks)
             for _ in range(2):
                 if not running:
@@ -312,16 +309,35 @@ class SSEAdapter:
         refused = self._unavailable()
         if refused is not None:
             return refused
-        conn = Connection(request, self._registry, namespace, hooks, upgrade.context)
+        peer_id = str(uuid.uuid4())
         response = _EventStream(
             send_timeout=self.options.send_timeout, ping_interval=self.options.keepalive
         )
         if upgrade.headers:
             for name, value in upgrade.headers.items():
                 response.headers[name] = value
+        context = upgrade.context
         del upgrade  # frame locals live as long as the stream
         if self._bidir:
-            response.headers[PEER_ID_HEADER] = conn.peer.id
+            response.headers[PEER_ID_HEADER] = peer_id
+        transport = await self._prepare(request, response, hooks)
+        if transport is None:
+            return response
+        conn = Connection(request, self._registry, hooks, context, peer_id)
+        del context
+        conn.open(transport, namespace)
+        try:
+            await conn.run_open_hooks(announce_id=self._bidir)
+            if await conn.ended:  # True: a graceful end
+                await conn.end_stream(request, response)
+        finally:
+            await conn.close_out(self._spawn)
+        return response
+
+    async def _prepare(
+        self, request: web.Request, response: web.StreamResponse, hooks: tuple[Hooks, ...]
+    ) -> asyncio.Transport | None:
+        """Send the stream's head; the transport, or ``None`` when the client is gone."""
         if request.version < (1, 1):
             # The body is close-delimited: no keep-alive (aiohttp-sse says it).
             response.force_close()
@@ -331,31 +347,19 @@ class SSEAdapter:
             send_headers = getattr(writer, "send_headers", None)
             if send_headers is not None:
                 send_headers()  # our frames bypass the writer
-            del writer, send_headers
         except ConnectionError:
-            return response
+            return None
         except Exception as exc:
-            failed = await self._failed(hooks, "preparing the stream failed", exc)
-            if not response.prepared:
-                return failed
-            # Part of the head may have left: only dropping the connection is safe.
+            # Reported (error hooks, log); aiohttp answers 500 — or, when part
+            # of the head may have left, only dropping the connection is safe.
+            await self._failed(hooks, "preparing the stream failed", exc)
             if request.transport is not None:
                 request.transport.abort()
             raise
         transport = request.transport
         if transport is None or transport.is_closing():
-            return response
-        conn.open(transport)
-        serving = self._spawn(conn.serve(request, response, announce_id=self._bidir))
-        try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            # aiohttp cancels the handler when the client leaves (with
-            # handler_cancellation=True) or at the end of a shutdown; the
-            # stream's task goes on and runs the close hooks.
-            conn.end_abruptly(REASON_LOST)
-            raise
-        return response
+            return None
+        return transport
 
     # -- bidirectional messages ---------------------------------------------------
 
@@ -380,7 +384,7 @@ class SSEAdapter:
             return web.Response(status=400, text=f"missing {PEER_ID_HEADER} header")
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
-        if conn is None or conn.state != ReadyState.OPEN or conn.namespace_name != namespace:
+        if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
             return web.Response(status=400, text="unknown peer id")
         return await receive(
             request,
@@ -389,6 +393,16 @@ class SSEAdapter:
             stats=self._registry.stats,
             spawn=self._spawn,
         )
+
+
+async def _wait_closed(conns: list[Connection], timeout: float) -> list[Connection]:
+    """Wait up to ``timeout`` for ``conns`` to close; returns those still open."""
+    waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns]
+    if waiting:
+        _, pending = await asyncio.wait(waiting, timeout=timeout)
+        for future in pending:
+            future.cancel()
+    return [c for c in conns if c.finalized != 2]
 
 
 def _rejection(response: web.StreamResponse) -> web.StreamResponse:

@@ -96,9 +96,8 @@ async def receive(
     """
     inbox = _Inbox.of(conn, options, stats, spawn)
     channel = _Channel(request, conn, inbox, options)
-    refusal = channel.precheck()
-    if refusal is not None:
-        return channel.reject(refusal)
+    if channel.precheck():
+        return channel.reject()
     assert inbox is not None
     inbox.attach(channel)
     try:
@@ -361,49 +360,37 @@ class _Channel:
 
     # -- before reading ------------------------------------------------------------------
 
-    def precheck(self) -> web.Response | None:
-        """Refusals decided by the headers alone (or the peer's state)."""
+    def precheck(self) -> bool:
+        """Refusals decided by the headers alone (or the peer's state); True: refused."""
         inbox = self.inbox
-        if inbox is None:
-            return web.Response(status=400, text="unknown peer id")
         request = self.request
-        if self.chunked:
-            encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-            if encoding != "identity":
-                # One message per chunk of a compressed stream has no meaning.
-                return web.HTTPUnsupportedMediaType(
-                    text="compressed message streams are not supported"
-                )
+        if inbox is None:
+            self.status, self.reason = 400, "unknown peer id"
+        elif self.chunked and (
+            request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower() != "identity"
+        ):
+            # One message per chunk of a compressed stream has no meaning.
+            self.status, self.reason = 415, "compressed message streams are not supported"
+        elif not self.chunked and (request.content_length or 0) > self.limit:
+            self.status = 413
+        elif inbox.full():
+            self.status = 429
+            self.reason = f"too many open POSTs for this peer (at most {inbox.max_posts})"
         else:
-            length = request.content_length
-            if length is not None and length > self.limit:
-                return self._too_large()
-        if inbox.full():
-            return web.HTTPTooManyRequests(
-                text=f"too many open POSTs for this peer (at most {inbox.max_posts})"
-            )
-        return None
+            return False
+        return True
 
-    def reject(self, response: web.Response) -> web.Response:
-        """Answer ``response`` without reading the body, whose rest is dropped."""
+    def reject(self) -> web.StreamResponse:
+        """Answer the refusal ``precheck`` found without reading the body, whose
+        rest is dropped."""
         self.open = False
-        self.status = response.status
-        if not self.content.is_eof():
-            response.force_close()
-            if self._tap_possible():
-                self.mode = _FORWARD  # what aiohttp parsed is drained, then dropped
-                self._install_tap()
-                self._end_early(linger=self.inbox is not None)
-        if isinstance(response, web.HTTPException):
-            raise response  # aiohttp deprecates returning them
-        return response
-
-    def _too_large(self) -> web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(
-            max_size=self.limit,
-            actual_size=self.limit + 1,
-            text=f"message larger than {self.limit} bytes",
-        )
+        if self.content.is_eof():
+            self.body_done = True  # all of it arrived: aiohttp can read the next request
+        elif self._tap_possible():
+            self.mode = _FORWARD  # what aiohttp parsed is drained, then dropped
+            self._install_tap()
+            self._end_early(linger=self.inbox is not None)
+        return self.response()
 
     # -- the handler's side ----------------------------------------------------------------
 
@@ -411,20 +398,22 @@ class _Channel:
         """Take what aiohttp parsed already and put the tap in place."""
         content = self.content
         if self._tap_possible() and (not self.chunked or _llhttp.reads_chunk_ends(content)):
+            parser = _llhttp.llhttp_parser(self.request) if self.chunked else None
             self.mode = _FORWARD
             self._install_tap()
-            self._pull()
-            if self.open and self.chunked:
-                parser = _llhttp.llhttp_parser(self.request)
-                if parser is not None:
-                    self.mode = _RAW
-                    self.takeover = _llhttp.Takeover(parser, content)
-                    if self.buf is not None:
-                        self._locate_in_data()
-                    else:
-                        # llhttp stopped between chunks or inside a line: the
-                        # first new bytes tell which probe reads its state.
-                        self._ahead = True
+            # Before llhttp is left behind, everything it parsed (or holds
+            # back, paused) must be taken, whatever the inbox says: once
+            # probed, it cannot give any of it back.
+            self._pull(stop_when_paused=parser is None)
+            if self.open and parser is not None:
+                self.mode = _RAW
+                self.takeover = _llhttp.Takeover(parser, content)
+                if self.buf is not None:
+                    self._locate_in_data()
+                else:
+                    # llhttp stopped between chunks or inside a line: the
+                    # first new bytes tell which probe reads its state.
+                    self._ahead = True
         else:
             self.reader = asyncio.ensure_future(self._read_basic())
         if self.open:
@@ -465,24 +454,27 @@ class _Channel:
 
     def response(self) -> web.StreamResponse:
         """The POST's response (raised for errors, as aiohttp wants HTTPExceptions)."""
+        status = self.status or 200
+        resp: _HalfClose
+        if status == 413:
+            resp = _TooLarge(
+                max_size=self.limit,
+                actual_size=self.limit + 1,
+                text=f"message larger than {self.limit} bytes",
+            )
+        elif status == 200:
+            resp = _Ok()
+        else:
+            resp = _ERRORS[status](text=self.reason)
         # After llhttp was probed, or with the body unfinished, aiohttp cannot
         # parse a next request on this connection.
-        reusable = self.body_done and self.mode in (_FORWARD, _BASIC)
-        status = self.status
-        if status is None:
-            resp = web.Response(status=200)
-            if not reusable:
-                resp.force_close()
-            return resp
-        exc: web.HTTPException
-        if status == 413:
-            exc = self._too_large()
-        elif status == 408:
-            exc = web.HTTPRequestTimeout(text=self.reason)
-        else:
-            exc = web.HTTPBadRequest(text=self.reason)
-        exc.force_close()
-        raise exc
+        if not (self.body_done and self.mode in (_FORWARD, _BASIC)):
+            resp.force_close()
+        if self.tap is not None and not self.eof_fed and not self.gone:
+            resp.channel = self  # still reading the upload: half-close once it is sent
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -605,7 +597,7 @@ class _Channel:
             self.gone = True
             self._close()  # the connection is gone
         else:
-            self._refuse(400, "invalid request body")
+            self._refuse(400, "invalid chunked body" if self.chunked else "invalid request body")
 
     def _close(self) -> None:
         """No more messages from this POST."""
@@ -623,8 +615,9 @@ class _Channel:
 
     # -- FORWARD: aiohttp parses, the channel drains ---------------------------------------
 
-    def _pull(self) -> None:
-        """Turn what aiohttp parsed into messages, split at aiohttp's chunk ends."""
+    def _pull(self, *, stop_when_paused: bool = True) -> None:
+        """Turn what aiohttp parsed into messages, split at aiohttp's chunk ends
+        (the rest waits in aiohttp's buffer when the inbox pauses this POST)."""
         content = self.content
         try:
             while self.open:
@@ -637,8 +630,8 @@ class _Channel:
                 if end:
                     if self.buf is not None:
                         self._emit()
-                        if self.paused:
-                            break  # the rest waits in aiohttp's buffer
+                        if self.paused and stop_when_paused:
+                            break
                 elif not data:
                     break
         except Exception as exc:  # the payload's exception
@@ -829,6 +822,17 @@ class _Channel:
         self.conn.ended.add_done_callback(self._linger_over)
         self.timer = self.loop.call_at(self.last + LINGER, self._linger_check)
 
+    def response_written(self) -> None:
+        """The response to a body still arriving is out: half-close (FIN), so
+        the client learns at once that nothing more comes, while the rest of
+        its upload is still read and dropped until ``_feed_eof``."""
+        transport = self.transport
+        if self.eof_fed or self.gone or transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(*_NO_FLOW_CONTROL):  # (TLS cannot half-close)
+            if transport.can_write_eof():
+                transport.write_eof()
+
     def _linger_check(self) -> None:
         self.timer = None
         if self.eof_fed or self.gone:
@@ -887,6 +891,51 @@ class _Channel:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+class _HalfClose(web.StreamResponse):
+    """A response that may tell its channel when it has been written (aiohttp
+    offers no other hook between writing a response and its lingering read)."""
+
+    channel: _Channel | None = None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.response_written()
+
+
+class _Ok(_HalfClose, web.Response):
+    pass
+
+
+class _BadRequest(_HalfClose, web.HTTPBadRequest):
+    pass
+
+
+class _Timeout(_HalfClose, web.HTTPRequestTimeout):
+    pass
+
+
+class _TooLarge(_HalfClose, web.HTTPRequestEntityTooLarge):
+    pass
+
+
+class _Unsupported(_HalfClose, web.HTTPUnsupportedMediaType):
+    pass
+
+
+class _TooMany(_HalfClose, web.HTTPTooManyRequests):
+    pass
+
+
+_ERRORS: dict[int, Callable[..., _HalfClose]] = {
+    400: _BadRequest,
+    408: _Timeout,
+    415: _Unsupported,
+    429: _TooMany,
+}
 
 
 class _Tap(Forwarder):

@@ -2,16 +2,18 @@
 topics, outbox and (in bidirectional mode) inbox.
 
 The adapter, the registry and the POST channel work with connections; users
-see only the ``Peer``. A connection's life: ``open`` (join the registry, take
-over the transport) → ``serve`` (the ``open`` hooks, then wait for the end,
-drain, end the body) → ``finalize`` (the ``close`` hooks, exactly once).
-``serve`` runs in a task the adapter owns, never in the request handler's:
-a handler that aiohttp cancels (``handler_cancellation=True``) cancels no hook.
+see only the ``Peer``. A connection's life, driven by the request handler (a task per stream would
+cost memory): ``open`` (join the registry, take over the transport) →
+``run_open_hooks`` → wait for ``ended`` → ``end_stream`` when graceful (drain,
+end the body) → ``close_out`` (the ``close`` hooks, exactly once, in a task
+the adapter owns, so a handler that aiohttp cancels — with
+``handler_cancellation=True`` — never cancels them half-way).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -39,7 +41,6 @@ class Connection:
         "hooks",
         "inbox",
         "namespace",
-        "namespace_name",
         "outbox",
         "peer",
         "registry",
@@ -51,13 +52,12 @@ class Connection:
         self,
         request: web.Request,
         registry: Registry,
-        namespace: str,
         hooks: tuple[Hooks, ...],
         context: dict[str, Any] | None,
+        peer_id: str,
     ) -> None:
         self.registry = registry
         self.hooks = hooks
-        self.namespace_name = namespace
         self.namespace: Namespace | None = None  # the registry's, once open
         # None, one topic, or a set: most peers hold a topic or two, and an
         # empty set alone costs 216 bytes per connection.
@@ -69,7 +69,7 @@ class Connection:
         self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.inbox: Any = None  # the POST channel's state for this peer (_bidir)
         self.outbox = Outbox(registry.scheduler, self, chunked=request.version >= (1, 1))
-        self.peer = Peer(self, request, context)
+        self.peer = Peer(self, request, context, peer_id)
 
     # -- topics -------------------------------------------------------------------
 
@@ -112,37 +112,51 @@ class Connection:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def open(self, transport: asyncio.Transport) -> None:
-        """Take over the transport and join the registry: the peer is open."""
+    def open(self, transport: asyncio.Transport, namespace: str) -> None:
+        """Take over the transport and join the registry in ``namespace``: the
+        peer is open. Called by the request handler, which serves the stream
+        from here on."""
         self.outbox.attach(transport)
         self.state = ReadyState.OPEN
-        self.namespace = self.registry.add(self, self.namespace_name)
+        self.namespace = self.registry.add(self, namespace)
 
-    async def serve(
-        self, request: web.Request, response: web.StreamResponse, *, announce_id: bool
-    ) -> None:
-        """The stream's life after ``open``: ``open`` hooks, the wait for its
-        end, a graceful drain, then the ``close`` hooks."""
+    async def run_open_hooks(self, *, announce_id: bool) -> None:
+        """The ``crossws-id`` event (bidirectional mode), then the ``open``
+        hooks; a failing one ends the stream gracefully (1011)."""
+        if announce_id:
+            self.outbox.write_now(encode_text(self.peer.id, event=CROSSWS_ID_EVENT))
+        if not await run_hooks(self.hooks, "open", self.peer):
+            self.end(CloseDetails(1011, REASON_OPEN_FAILED), graceful=True)
+
+    async def end_stream(self, request: web.Request, response: web.StreamResponse) -> None:
+        """A graceful end: write what is queued, then end the body."""
+        timeout = self.registry.options.send_timeout
+        await self.outbox.drain(timeout)
+        self.outbox.detach()
         try:
-            if announce_id:
-                self.outbox.write_now(encode_text(self.peer.id, event=CROSSWS_ID_EVENT))
-            if not await run_hooks(self.hooks, "open", self.peer):
-                self.end(CloseDetails(1011, REASON_OPEN_FAILED), graceful=True)
-            if await self.ended:  # graceful: write what is queued, then end the body
-                timeout = self.registry.options.send_timeout
-                await self.outbox.drain(timeout)
-                self.outbox.detach()
-                try:
-                    async with asyncio.timeout(timeout):
-                        await response.write_eof()
-                except (ConnectionError, TimeoutError):
-                    if request.transport is not None:
-                        request.transport.abort()
-        finally:
-            # Cancelled (a shutdown gave up on a hook) or failed: end it now.
-            self.end(CloseDetails(None, REASON_LOST), graceful=False)
-            self.outbox.detach()
-            await self.finalize()
+            async with asyncio.timeout(timeout):
+                await response.write_eof()
+        except (ConnectionError, TimeoutError):
+            if request.transport is not None:
+                request.transport.abort()
+
+    async def close_out(
+        self, spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]]
+    ) -> None:
+        """However the stream ended (gracefully, the client left, a hook
+        failed, a shutdown cancelled a hook that hung): end it now and run the
+        close hooks in a task ``spawn`` makes — cancelling the request
+        handler never cancels them; the handler waits for them unless it is
+        itself cancelled."""
+        self.end(CloseDetails(None, REASON_LOST), graceful=False)
+        self.outbox.detach()
+        await asyncio.shield(spawn(self.finalize()))
+
+    def cancel(self) -> None:
+        """Cancel the handler serving the stream, stuck in a hook (shutdown
+        gave up waiting)."""
+        if not self.finalized:
+            self.peer.request.task.cancel()
 
     def end(self, details: CloseDetails, *, graceful: bool) -> None:
         """Start closing: leave the registry and wake ``serve`` (idempotent)."""

@@ -6,14 +6,14 @@ owns its queue, the joined writes of a loop iteration, flow control
 the hand-over of the connection from aiohttp and back. ``fanout`` is the one
 fast loop that hands one frame to many outboxes.
 
-Write strategy: a big frame goes straight to the transport when nothing is
-queued before it and the transport takes data (the client reads it while the
-next is encoded). Small publishes to a topic are batched once per topic per
-loop iteration (a ``Fanout``): the frames are appended to one list, joined
-once, and the same bytes are written to every subscriber with nothing else
-pending when the publishing callback returns — before the loop polls for
-I/O, so a lone publish leaves as soon as a direct write would have, and a
-burst of M events to N subscribers costs about N + M steps, not N * M.
+Write strategy: publishes to a topic are batched once per topic per loop
+iteration (a ``Fanout``): the frames are appended to one list, joined once,
+and the same bytes are written to every subscriber with nothing else pending
+when the publishing callback returns — before the loop polls for I/O, so a
+lone publish leaves as soon as a direct write would have, and a burst of M
+events to N subscribers costs about N + M steps, not N * M. A batch that
+grows past a segment (256 KiB) is written out at once, so the clients read
+one segment while the next is built.
 A subscriber that has something else pending (a direct ``send``, a publish
 on another topic, a paused transport) takes the batch's frames into its own
 queue at that moment and follows per frame from then on, so each peer's
@@ -69,6 +69,7 @@ class Scheduler:
         "handle",
         "high_water",
         "max_buffer",
+        "room",
         "segment",
         "stats",
         "timeout",
@@ -81,8 +82,11 @@ class Scheduler:
         # The transport pauses us beyond this; what it holds below it is
         # counted against max_buffer as if it were full.
         self.high_water = min(65536, max(1024, options.max_buffer // 2))
+        # Queued bytes a peer whose transport is not paused may hold (one
+        # shared int object: this is stored on every outbox).
+        self.room = self.max_buffer - self.high_water
         # A batch never holds more than a subscriber bound to it may hold.
-        self.segment = min(_SEGMENT, max(0, self.max_buffer - self.high_water))
+        self.segment = min(_SEGMENT, max(0, self.room))
         self.stats = stats
         self.dirty: list[Outbox] = []
         self.batches: list[Fanout] = []  # topics with a batch open in this iteration
@@ -110,33 +114,14 @@ class Scheduler:
             outbox.flush()
 
 
-class _FlowWatch(Forwarder):
-    """Forwards to aiohttp's protocol while the stream is open; the outbox
-    also learns of flow control and of connection loss at once (aiohttp does
-    not cancel handlers by default, and an idle stream would otherwise notice
-    only at its next write)."""
+class Outbox(Forwarder):
+    """One peer's frames on their way to its transport.
 
-    __slots__ = ("_outbox",)
-
-    def __init__(self, inner: asyncio.BaseProtocol, outbox: Outbox) -> None:
-        super().__init__(inner)
-        self._outbox = outbox
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._outbox.on_pause()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._outbox.on_resume()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._outbox.on_lost(exc)
-
-
-class Outbox:
-    """One peer's frames on their way to its transport."""
+    While the stream is open it also stands in front of aiohttp's protocol
+    (which still gets every callback), to learn of flow control and of
+    connection loss at once: aiohttp does not cancel handlers by default, and
+    an idle stream would otherwise notice only at its next write.
+    """
 
     __slots__ = (
         "batch",
@@ -152,15 +137,14 @@ class Outbox:
         "stall_timer",
         "transport",
         "waiter",
-        "watch",
     )
 
     def __init__(self, sched: Scheduler, owner: Owner, *, chunked: bool) -> None:
+        super().__init__()
         self.sched = sched
         self.owner = owner
         self.chunked = chunked  # HTTP/1.1: frames carry their chunk framing
         self.transport: asyncio.Transport | None = None
-        self.watch: _FlowWatch | None = None
         self.queue: list[bytes] = []
         self.queued = 0
         # Queued bytes allowed before the exact check: max_buffer less an
@@ -327,26 +311,37 @@ class Outbox:
 
     def attach(self, transport: asyncio.Transport) -> None:
         """Take over the transport's callbacks (aiohttp's protocol still gets them all)."""
-        inner = transport.get_protocol()
+        inner = self.install(transport)
         self.transport = transport
-        self.watch = _FlowWatch(inner, self)
-        transport.set_protocol(self.watch)
         transport.set_write_buffer_limits(high=self.sched.high_water)
         self.paused = bool(getattr(inner, "writing_paused", False))
-        self.room = self.sched.max_buffer - self.sched.high_water
+        self.room = self.sched.room
         if self.paused:
             self.on_pause()
 
     def detach(self) -> None:
         """Give the transport back to aiohttp (keep-alive may reuse the connection)."""
-        transport, watch = self.transport, self.watch
+        transport = self.transport
         self._stop_stall_timer()
-        if transport is not None and watch is not None:
-            watch.uninstall(transport)
+        if transport is not None:
+            self.uninstall(transport)
         # The connection is aiohttp's again (it may serve another request).
         self.transport = None
-        self.watch = None
         self._wake()
+
+    # -- protocol callbacks (aiohttp's protocol gets them too) ------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.on_pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.on_resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.on_lost(exc)
 
     def on_pause(self) -> None:
         self.paused = True
@@ -360,7 +355,7 @@ class Outbox:
 
     def on_resume(self) -> None:
         self.paused = False
-        self.room = self.sched.max_buffer - self.sched.high_water
+        self.room = self.sched.room
         self._stop_stall_timer()
         if self.queue:
             self.sched.mark(self)
@@ -498,30 +493,12 @@ class Fanout:
         members = self.snapshot
         if members is None:
             members = self.snapshot = tuple(self.members)
-        if len(frame) >= EAGER_WRITE:
-            # Big frames go to each writable peer's transport at once: the
-            # client reads one while the next is encoded.
-            # Outbox.write_or_queue inlined: this loop runs per subscriber.
-            for outbox in members:
-                if outbox is skip:
-                    continue
-                if (
-                    not outbox.queue
-                    and not outbox.paused
-                    and outbox.chunked
-                    and outbox.batch is None
-                ):
-                    transport = outbox.transport
-                    if transport is not None and not transport.is_closing():
-                        transport.write(frame)
-                        continue
-                outbox.enqueue(frame)
-            return
         # Open this iteration's batch: idle subscribers bind to it, the
         # others queue this frame and follow frame by frame. It is written
         # when the publishing callback returns — in this loop iteration,
         # before the loop polls for I/O, so a lone publish leaves as soon as
-        # it would have written directly, and a burst leaves in one write.
+        # it would have written directly, and a burst leaves in one write
+        # per subscriber (per segment, for big bursts).
         self.frames = [frame]
         self.size = len(frame)
         sched.open_batch(self)
@@ -535,6 +512,8 @@ class Fanout:
                 if outbox is not skip:
                     outbox.enqueue(frame)
                 laggards.append(outbox)
+        if self.size > sched.segment:  # one big frame
+            self.write_batch(reopen=True)
 
     def pending_for(self, outbox: Outbox) -> int:
         """Bytes of the batch that ``outbox`` (bound to it) has yet to get."""

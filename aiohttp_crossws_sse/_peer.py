@@ -6,7 +6,6 @@ outbox) is its ``Connection``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +65,13 @@ class Peer:
     __slots__ = ("_conn", "_context", "id", "request")
 
     def __init__(
-        self, conn: Connection, request: web.Request, context: dict[str, Any] | None
+        self,
+        conn: Connection,
+        request: web.Request,
+        context: dict[str, Any] | None,
+        peer_id: str,
     ) -> None:
-        self.id: str = str(uuid.uuid4())
+        self.id = peer_id
         self.request = request
         self._conn = conn
         self._context = context  # created on first use: most peers never need one
@@ -83,7 +86,8 @@ class Peer:
     @property
     def namespace(self) -> str:
         """The peer's namespace (default: the request path)."""
-        return self._conn.namespace_name
+        ns = self._conn.namespace
+        return ns.name if ns is not None else self.request.path
 
     @property
     def remote_address(self) -> str | None:
@@ -157,7 +161,7 @@ class Peer:
     def publish(self, topic: str, data: Any, *, event: str | None = None) -> None:
         """Publish to the other subscribers of ``topic`` in this namespace (and relay)."""
         conn = self._conn
-        conn.registry.publish(topic, data, event=event, namespace=conn.namespace_name, sender=conn)
+        conn.registry.publish(topic, data, event=event, namespace=self.namespace, sender=conn)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """End the stream gracefully once queued events are written."""

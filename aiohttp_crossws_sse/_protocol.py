@@ -20,8 +20,15 @@ class Forwarder(asyncio.Protocol):
 
     __slots__ = ("_inner",)
 
-    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+    def __init__(self, inner: asyncio.BaseProtocol | None = None) -> None:
         self._inner: Any = inner
+
+    def install(self, transport: asyncio.BaseTransport) -> asyncio.BaseProtocol:
+        """Stand in front of ``transport``'s protocol; returns that protocol."""
+        inner = transport.get_protocol()
+        self._inner = inner
+        transport.set_protocol(self)
+        return inner
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)

@@ -1053,19 +1053,34 @@ async def test_open_post_closes_its_connection_right_after_the_response(
     stream.close()
 
 
-async def test_refused_upload_closes_once_the_client_is_quiet(
+async def test_refused_upload_ends_right_after_the_response(
     aiohttp_client: Any, raw_post: Any
 ) -> None:
-    """413 before the body's end, with the peer still open: the connection
-    closes after the response once the client stops sending."""
-    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    """413 before the body's end, with the peer still open: right after the
+    response the client reads EOF (the server half-closes, and drops what
+    still comes rather than reset the connection under the response), and
+    the server closes the connection once the client is quiet."""
+    transports: list[asyncio.Transport] = []
+
+    def upgrade(request: web.Request) -> None:
+        if request.method == "POST" and request.transport is not None:
+            transports.append(request.transport)
+
+    got = Got()
+    sse = sse_adapter(
+        define_hooks(upgrade=upgrade, message=got.message), bidir=True, max_message_size=10
+    )
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
     plain = await raw_post(client)
     await plain.send(head(peer_id, chunked=False, extra="Content-Length: 100") + b"x" * 20)
     chunked = await raw_post(client)
     await chunked.send(head(peer_id) + b"ffff\r\n" + b"y" * 20)
     for post in (plain, chunked):
-        assert (await post.response())[0] == 413
+        status, headers, _ = await post.response()
+        assert (status, headers["connection"]) == (413, "close")
         assert await post.closed_by_server(timeout=5)  # a hang guard (aiohttp: 10 s)
+    await wait_until(lambda: len(transports) == 2 and all(t.is_closing() for t in transports))
     assert got.messages == []
     stream.close()
 
@@ -1162,13 +1177,15 @@ async def test_tiny_messages_count_their_real_size_against_the_receive_buffer(
     client = await aiohttp_client(make_app(sse))
     stream, _, peer_id = await open_stream(client)
     post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\n00\r\n")
+    await wait_until(lambda: sse.stats()["messages_received"] == 1)  # the hook is stuck
     count = 20_000
-    body = b"".join(b"2\r\n%02d\r\n" % (i % 100) for i in range(count))
+    body = b"".join(b"2\r\n%02d\r\n" % (i % 100) for i in range(1, count))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        await post.send(head(peer_id) + body)
-        await wait_until(lambda: bool(transports) and not transports[0].is_reading())
+        await post.send(body)
+        await wait_until(lambda: not transports[0].is_reading())
         await asyncio.sleep(0.1)  # (anything still to be read would be read now)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -1208,21 +1225,25 @@ async def test_open_posts_per_peer_are_capped(aiohttp_client: Any, raw_post: Any
 
 
 @pytest.mark.parametrize(
-    ("make_head", "first"),
+    ("make_head", "first", "stall"),
     [
-        (lambda peer_id: head(peer_id, chunked=False, extra="Content-Length: 10"), b"abc"),
-        (head, b"5\r\nhe"),  # inside a chunk's data
-        (head, b"5"),  # inside a chunk-size line
-        (head, b"1\r\na\r\n0\r\n"),  # the body's end is due
+        (lambda peer_id: head(peer_id, chunked=False, extra="Content-Length: 10"), b"abc", b""),
+        (head, b"5\r\nhe", b""),  # inside a chunk's data
+        (head, b"1\r\na\r\n", b"5\r\nhe"),
+        (head, b"1\r\na\r\n", b"5"),  # inside a chunk-size line
+        (head, b"1\r\na\r\n", b"0\r\n"),  # the body's end is due
     ],
-    ids=["plain", "in-data", "in-size", "trailers"],
+    ids=["plain", "in-data", "in-data-later", "in-size", "trailers"],
 )
 async def test_a_post_stalled_inside_a_message_times_out(
-    aiohttp_client: Any, raw_post: Any, make_head: Any, first: bytes
+    aiohttp_client: Any, raw_post: Any, make_head: Any, first: bytes, stall: bytes
 ) -> None:
     got, sse, client, stream, peer_id = await setup(aiohttp_client, receive_timeout=0.2)
     post = await raw_post(client)
     await post.send(make_head(peer_id) + first)
+    if stall:
+        await wait_until(lambda: got.texts == ["a"])
+        await post.send(stall)
     status, headers, text = await post.response()
     assert (status, headers["connection"]) == (408, "close")
     assert b"in the middle of a message" in text

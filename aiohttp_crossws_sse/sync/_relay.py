@@ -1,0 +1,513 @@
+"""What the network backplanes share: the wire envelope, batching, outages.
+
+``RelaySync`` implements everything of a network backplane but the client
+library: one writer task that sends what was published in one loop iteration
+in one round trip, in publish order; a supervisor that listens, notices a lost
+connection, reports it, reconnects with backoff and resubscribes; rate-limited
+reports of the publishes lost meanwhile. A backend (``redis.py``,
+``postgres.py``) supplies the five primitives at the bottom of the class.
+
+The envelope, one per backplane message, is text::
+
+    1<instance id> <seq>\\n<body>
+
+``1`` is the format version; ``seq`` counts the envelopes of one instance, so
+a receiver notices the ones it missed. The body is a JSON array,
+``[topic, namespace, event, data, topic, namespace, event, data, ...]``: the
+publishes of one batch, in order. A backend may use another body of its own
+(Postgres: ``@<row id>`` for a payload stored in a table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from abc import abstractmethod
+from collections.abc import Awaitable
+
+from .base import Relayed, Sync, SyncLink
+
+__all__ = ["RelaySync", "redact"]
+
+logger = logging.getLogger("aiohttp_crossws_sse.sync")
+
+VERSION = "1"
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_decode = json.loads
+# bytes a message adds to a body beyond its strings: quotes, commas, nulls
+_OVERHEAD = 16
+_FIRST_RECONNECT_DELAY = 0.05
+_MAX_SENDERS = 4096  # instances whose sequence numbers are remembered
+
+
+def redact(address: str) -> str:
+    """``address`` without the password of a ``scheme://user:password@host`` URL."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", address)
+
+
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"option {name!r} must be a number, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"option {name!r} must be > 0, got {value!r}")
+    return float(value)
+
+
+class _LossReport:
+    """Counts publishes that could not be relayed and reports them, at most
+    once per ``interval`` seconds (the first at once, the rest summed)."""
+
+    def __init__(self, owner: RelaySync) -> None:
+        self._owner = owner
+        self.unreported = 0
+        self.since_up = 0  # lost since the connection was last up
+        self.cause: BaseException | None = None
+        self._last = -1e18
+        self._timer: asyncio.TimerHandle | None = None
+
+    def lost(self, count: int, cause: BaseException | None) -> None:
+        self.unreported += count
+        self.since_up += count
+        if cause is not None:
+            self.cause = cause
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last + self._owner.report_interval
+        if loop.time() >= due:
+            self.flush()
+        else:
+            self._timer = loop.call_at(due, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        if not self.unreported:
+            return
+        n, self.unreported = self.unreported, 0
+        self._last = asyncio.get_running_loop().time()
+        cause = self.cause
+        why = f": {cause}" if cause is not None else ""
+        err = ConnectionError(
+            f"{n} publish{'es' if n != 1 else ''} not relayed to the other instances "
+            f"through {self._owner.describe()}{why}"
+        )
+        err.__cause__ = cause
+        self._owner.report(err)
+
+    def cancel(self) -> int:
+        """Stop the timer; returns the publishes still unreported."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        n, self.unreported = self.unreported, 0
+        return n
+
+
+class RelaySync(Sync):
+    """A backplane over a network pub/sub medium (private base of the backends).
+
+    Options every backend takes (keyword-only):
+
+    ``heartbeat`` (``15.0``): seconds of silence on the listening connection
+    after which it is probed; no answer within as long again and it counts
+    as lost (what notices a dead peer behind a silent network).
+    ``max_reconnect_delay`` (``5.0``): the cap of the exponential backoff
+    between reconnect attempts (the first comes after 50 ms).
+    ``report_interval`` (``10.0``): publishes that could not be relayed and
+    failed reconnect attempts are reported at most this often (each report
+    gives the count).
+    ``send_timeout`` (``10.0``): seconds one batch may take to leave before
+    it counts as lost.
+    ``max_pending`` (``16 MiB``): bytes of data published and not yet sent
+    beyond which further publishes are not relayed (and are reported) until
+    the backlog drains.
+    """
+
+    kind = "backplane"
+    #: Largest body of one envelope, in bytes (a single bigger message goes alone).
+    max_body = 1 << 19
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        heartbeat: float = 15.0,
+        max_reconnect_delay: float = 5.0,
+        report_interval: float = 10.0,
+        send_timeout: float = 10.0,
+        max_pending: int = 16 << 20,
+    ) -> None:
+        if not isinstance(channel, str):
+            raise TypeError(f"option 'channel' must be a str, not {type(channel).__name__}")
+        if not channel:
+            raise ValueError("option 'channel' must be a non-empty str")
+        self.channel = channel
+        self.heartbeat = _positive("heartbeat", heartbeat)
+        self.max_reconnect_delay = _positive("max_reconnect_delay", max_reconnect_delay)
+        self.report_interval = _positive("report_interval", report_interval)
+        self.send_timeout = _positive("send_timeout", send_timeout)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+            raise TypeError(
+                f"option 'max_pending' must be an int, not {type(max_pending).__name__}"
+            )
+        if max_pending <= 0:
+            raise ValueError(f"option 'max_pending' must be > 0, got {max_pending!r}")
+        self.max_pending = max_pending
+        self._link: SyncLink | None = None
+        self._own = ""  # the envelope prefix of this instance
+        self._seq = 0
+        self._seqs: dict[str, int] = {}  # sender -> last sequence number seen
+        self._pending: list[Relayed] = []
+        self._pending_bytes = 0
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._up = False
+        self._closing = False
+        self._down_since = 0.0
+        self._down_cause: BaseException | None = None
+        self._losses: _LossReport | None = None
+        self._last_retry_report = -1e18
+
+    # -- Sync ------------------------------------------------------------------------
+
+    async def start(self, link: SyncLink) -> None:
+        """Connect and subscribe; raises ``ConnectionError`` when that fails (the
+        app does not start: the backplane is unreachable or misconfigured)."""
+        if self._link is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._own = f"{VERSION}{link.instance_id} "
+        self._losses = _LossReport(self)
+        self._closing = False
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self._connect()
+                await self._subscribe()
+        except Exception as exc:
+            await self._quiet(self._unsubscribe())
+            await self._quiet(self._disconnect())
+            raise ConnectionError(f"cannot connect to {self.describe()}: {exc}") from exc
+        self._link = link
+        self._up = True
+        self._wake = asyncio.Event()
+        self._writer = loop.create_task(self._write_loop(), name=f"{self.kind} writer")
+        self._supervisor = loop.create_task(self._supervise(), name=f"{self.kind} listener")
+
+    def publish(self, message: Relayed) -> None:
+        """Queue ``message`` for the next round trip; never blocks. While the
+        backplane is unreachable it is not relayed, and that is reported."""
+        if self._link is None or self._wake is None or self._closing:
+            raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
+        if not self._up:
+            self._lost(1, self._down_cause)
+            return
+        size = len(message.data)
+        if self._pending_bytes + size > self.max_pending and self._pending:
+            self._lost(1, BufferError(f"more than {self.max_pending} bytes waiting to be sent"))
+            return
+        self._pending.append(message)
+        self._pending_bytes += size
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Send what is still queued (bounded by ``send_timeout``), then disconnect.
+        Idempotent; the backplane can be started again afterwards."""
+        if self._link is None:
+            return
+        self._closing = True
+        writer, supervisor = self._writer, self._supervisor
+        self._writer = self._supervisor = None
+        if self._wake is not None:
+            self._wake.set()
+        if writer is not None:
+            done, _ = await asyncio.wait([writer], timeout=self.send_timeout)
+            if not done:
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        if self._losses is not None:
+            unreported = self._losses.cancel()
+            if unreported:
+                logger.warning(
+                    "%d publishes not relayed through %s before shutdown",
+                    unreported,
+                    self.describe(),
+                )
+        await self._quiet(self._unsubscribe())
+        await self._quiet(self._disconnect())
+        self._link = None
+        self._wake = None
+        self._up = False
+        self._pending = []
+        self._pending_bytes = 0
+
+    # -- for backends ----------------------------------------------------------------
+
+    def report(self, exc: Exception) -> None:
+        """Hand a background failure to the adapter (log and ``error`` hooks)."""
+        if self._link is not None and not self._closing:
+            self._link.report(exc)
+        else:
+            logger.warning("%s", exc)
+
+    def describe(self) -> str:
+        """What the backplane talks to, for messages (no password)."""
+        return f"{self.kind} channel {self.channel!r}"
+
+    def pack(self, batch: list[Relayed]) -> list[str]:
+        """The envelopes carrying ``batch``, in order, each body at most
+        ``max_body`` bytes unless it holds a single bigger message."""
+        envelopes: list[str] = []
+        group: list[Relayed] = []
+        size = 0
+        limit = self.max_body
+        for m in batch:
+            cost = len(m.topic) + len(m.data) + _OVERHEAD
+            if m.event is not None:
+                cost += len(m.event)
+            if m.namespace is not None:
+                cost += len(m.namespace)
+            if group and size + cost > limit:
+                self._pack_group(group, envelopes)
+                group, size = [], 0
+            group.append(m)
+            size += cost
+        if group:
+            self._pack_group(group, envelopes)
+        return envelopes
+
+    def _pack_group(self, group: list[Relayed], out: list[str]) -> None:
+        flat: list[str | None] = []
+        for m in group:
+            flat += (m.topic, m.namespace, m.event, m.data)
+        body = _ENCODER.encode(flat)
+        if len(group) > 1 and utf8_len(body) > self.max_body:
+            half = len(group) // 2  # escapes or multi-byte text made it bigger than guessed
+            self._pack_group(group[:half], out)
+            self._pack_group(group[half:], out)
+            return
+        out.append(self.header() + body)
+
+    def header(self) -> str:
+        """The next envelope header of this instance (takes a sequence number)."""
+        self._seq += 1
+        return f"{self._own}{self._seq}\n"
+
+    def accept(self, envelope: str) -> str | None:
+        """The body of a received envelope, or ``None`` for this instance's own
+        (echo) and for a malformed one (reported). Notes missed envelopes."""
+        if envelope.startswith(self._own):
+            return None
+        newline = envelope.find("\n")
+        space = envelope.find(" ", 0, newline)
+        if not envelope.startswith(VERSION) or space < 0:
+            self._malformed(envelope, None)
+            return None
+        sender = envelope[1:space]
+        try:
+            seq = int(envelope[space + 1 : newline])
+        except ValueError:
+            self._malformed(envelope, None)
+            return None
+        last = self._seqs.get(sender)
+        if last is None and len(self._seqs) >= _MAX_SENDERS:
+            self._seqs.clear()
+        self._seqs[sender] = seq
+        if last is not None and seq > last + 1:
+            missed = seq - last - 1
+            self.report(
+                ConnectionError(
+                    f"missed {missed} message batch{'es' if missed != 1 else ''} from "
+                    f"instance {sender} on {self.describe()} (the connection was lost "
+                    "meanwhile, or they were never sent)"
+                )
+            )
+        return envelope[newline + 1 :]
+
+    def deliver_body(self, body: str) -> None:
+        """Hand the publishes of a JSON body to the local subscribers."""
+        link = self._link
+        if link is None:
+            return
+        try:
+            flat = _decode(body)
+            if not isinstance(flat, list) or len(flat) % 4:
+                raise ValueError("not a list of (topic, namespace, event, data)")
+        except ValueError as exc:
+            self._malformed(body, exc)
+            return
+        deliver = link.deliver
+        for i in range(0, len(flat), 4):
+            topic, namespace, event, data = flat[i : i + 4]
+            if (
+                type(topic) is not str
+                or type(data) is not str
+                or (namespace is not None and type(namespace) is not str)
+                or (event is not None and type(event) is not str)
+            ):
+                self._malformed(body, None)
+                continue
+            try:
+                deliver(Relayed(topic, data, event=event, namespace=namespace))
+            except Exception as exc:  # a bad relayed event must not stop the listener
+                self.report(exc)
+
+    def _malformed(self, text: str, exc: Exception | None) -> None:
+        err = ValueError(f"malformed message on {self.describe()}: {text[:80]!r}")
+        err.__cause__ = exc
+        self.report(err)
+
+    # -- the writer ------------------------------------------------------------------
+
+    def _lost(self, count: int, cause: BaseException | None) -> None:
+        if self._losses is not None:
+            self._losses.lost(count, cause)
+
+    async def _write_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch, self._pending = self._pending, []
+            self._pending_bytes = 0
+            if batch:
+                if self._up:
+                    envelopes = self.pack(batch)
+                    try:
+                        async with asyncio.timeout(self.send_timeout):
+                            await self._send(envelopes)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        self._lost(len(batch), exc)
+                else:
+                    self._lost(len(batch), self._down_cause)
+            if self._closing and not self._pending:
+                return
+
+    # -- the listener ------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._listen()
+                cause: Exception = ConnectionError("the connection was closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                cause = exc
+            await self.went_down(cause)
+            await self._reconnect()
+
+    async def went_down(self, cause: BaseException) -> None:
+        """The listening connection is lost: report it and stop relaying."""
+        if not self._up:
+            return
+        self._up = False
+        self._down_cause = cause
+        self._down_since = asyncio.get_running_loop().time()
+        if self._losses is not None:
+            self._losses.since_up = 0
+        err = ConnectionError(
+            f"lost the connection to {self.describe()}: {cause or type(cause).__name__}; "
+            "local peers are still served, publishes are not relayed until it is back "
+            "(reconnecting)"
+        )
+        err.__cause__ = cause
+        self.report(err)
+        await self._quiet(self._unsubscribe())
+
+    async def _reconnect(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = _FIRST_RECONNECT_DELAY
+        attempts = 0
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.max_reconnect_delay)
+            attempts += 1
+            try:
+                async with asyncio.timeout(max(self.send_timeout, self.heartbeat)):
+                    await self._subscribe()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._down_cause = exc
+                await self._quiet(self._unsubscribe())
+                now = loop.time()
+                if now - self._last_retry_report >= self.report_interval:
+                    self._last_retry_report = now
+                    err = ConnectionError(
+                        f"still cannot reach {self.describe()} after {attempts} attempt"
+                        f"{'s' if attempts != 1 else ''} ({now - self._down_since:.1f} s): {exc}"
+                    )
+                    err.__cause__ = exc
+                    self.report(err)
+        self._up = True
+        self._down_cause = None
+        self._last_retry_report = -1e18
+        lost = 0
+        if self._losses is not None:
+            self._losses.flush()
+            lost = self._losses.since_up
+        logger.warning(
+            "reconnected to %s after %.1f s; %d local publishes were not relayed meanwhile",
+            self.describe(),
+            loop.time() - self._down_since,
+            lost,
+        )
+
+    @staticmethod
+    async def _quiet(step: Awaitable[None]) -> None:
+        """Await a clean-up step, logging (not raising) what it raises."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.debug("clean-up failed", exc_info=True)
+
+    # -- what a backend supplies -------------------------------------------------------
+
+    @abstractmethod
+    async def _connect(self) -> None:
+        """Set up what publishing needs (a client, a connection)."""
+
+    @abstractmethod
+    async def _disconnect(self) -> None:
+        """Undo ``_connect``; idempotent."""
+
+    @abstractmethod
+    async def _subscribe(self) -> None:
+        """Open the listening connection and subscribe to ``channel``; returns
+        once the subscription is in effect."""
+
+    @abstractmethod
+    async def _unsubscribe(self) -> None:
+        """Close the listening connection; idempotent."""
+
+    @abstractmethod
+    async def _listen(self) -> None:
+        """Receive until the listening connection fails (raise why). Hand every
+        envelope to ``accept`` and its body to ``deliver_body``; probe the
+        connection after ``heartbeat`` seconds of silence."""
+
+    @abstractmethod
+    async def _send(self, envelopes: list[str]) -> None:
+        """Send ``envelopes`` in order, in as few round trips as the medium allows."""
