@@ -35,11 +35,13 @@ streamed POST may idle as long as its peer lives.
 Responses: 200 once the body has ended and its messages were handled, or
 when the peer closes (then at once); 400 for malformed framing, 413 for a
 message over ``max_message_size``, 415 for a compressed chunked body, 408 and
-429 as above. A response sent before the body's end closes the connection:
-at once when the peer is gone or the client has gone quiet, else (an upload
-still under way: a reset would destroy the response) once the client has been
-quiet for ``LINGER`` seconds, its body ends, or its peer closes — never
-aiohttp's ten-second lingering read of a body that never ends.
+429 as above. A response sent before the body's end ends the connection, never
+aiohttp's ten-second lingering read of a body that never ends: when the peer
+is gone or the client has gone quiet, it closes right after the response.
+Otherwise — an upload still under way, which a reset could destroy the
+response under — the server half-closes (the client reads EOF right after the
+response; not over TLS), drops what still comes, and closes once the client
+has been quiet for ``LINGER`` seconds, its body ends, or its peer closes.
 """
 
 from __future__ import annotations
@@ -500,6 +502,8 @@ class _Channel:
         if paused == self.paused:
             return
         self.paused = paused
+        if not paused:
+            self.grace = self.loop.time()  # receive_timeout: a pause is not a stall
         transport = self.transport
         if self.mode == _BASIC:
             waiter = self.unpaused
@@ -674,7 +678,7 @@ class _Channel:
             start = 0
         if self._ahead:
             self._ahead = False
-            self._locate_at_line(data)
+            self._locate_at_line(data[start:] if start else data)
         decoder = self.decoder
         if decoder is None:
             return

@@ -249,8 +249,3 @@ async def run_upgrade(hooks: tuple[Hooks, ...], request: web.Request) -> Upgrade
             break
     return outcome
 
-
-# TEMPORARY (until the POST channel moves to run_hooks): old names.
-call = invoke
-report = run_error_hooks
-wrap = sse_error

@@ -253,17 +253,15 @@ class _Probe:
     def data_until(self, target: int) -> None:
         """Feed data-like bytes until llhttp has passed on ``target`` data bytes
         in all, or refuses one (the chunk ended), or the message ended."""
-        stalled = 0
         while not self.dead and not self.eof and self.fed < target:
             before = self.fed
             n = min(WINDOW, target - before)
             self.feed(_XS if n == WINDOW else _XS[:n])
-            if self.fed == before and not self.dead:
-                # Not data: llhttp is not inside a chunk. (aiohttp 3.14 may
-                # also pause llhttp once, keeping the rest for the next feed.)
-                stalled += 1
-                if stalled > 2:
-                    self.dead = True
+            if self.fed == before:
+                # No data taken: llhttp is not (or no longer) inside a chunk.
+                # (aiohttp 3.14 may pause llhttp after some data, keeping the
+                # rest of a feed for the next: that only defers bytes.)
+                self.dead = True
 
     def more(self) -> More | None:
         """``Position.more`` while llhttp still takes data: one more window."""

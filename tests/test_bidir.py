@@ -1022,7 +1022,7 @@ async def test_llhttp_is_recognised_on_this_aiohttp(aiohttp_client: Any, raw_pos
     stream.close()
 
 
-PENDING = {
+PENDING: dict[str, tuple[Callable[[str | None], bytes], bytes, list[str]]] = {
     "in-chunk": (head, b"4\r\nping", ["ping"]),  # Node: the CRLF is still due
     "after-chunk": (head, b"4\r\nping\r\n", ["ping"]),
     "no-chunk-yet": (head, b"", []),
@@ -1294,3 +1294,53 @@ def test_post_channel_option_defaults() -> None:
     assert options.max_posts_per_peer == 16
     assert options.receive_timeout == 30.0
     sse_adapter(bidir=True, max_posts_per_peer=None, receive_timeout=None)
+
+
+@pytest.mark.parametrize("cancellation", [False, True], ids=["run_app", "handler_cancellation"])
+async def test_a_dropped_post_never_cancels_its_hook(cancellation: bool) -> None:
+    """The client drops its POST while the hook handles a message of it: the
+    hook runs to its end (it runs in the peer's inbox task, not the handler),
+    messages read before the drop are still handled, and the peer goes on."""
+    gate = asyncio.Event()
+    events: list[str] = []
+
+    async def message(peer: Peer, msg: Message) -> None:
+        events.append(f"start {msg.text()}")
+        try:
+            if msg.text() == "slow":
+                await gate.wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        events.append(f"end {msg.text()}")
+
+    sse = sse_adapter(define_hooks(message=message), bidir=True)
+    runner = web.AppRunner(make_app(sse), access_log=None, handler_cancellation=cancellation)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            stream = await session.get(f"http://127.0.0.1:{port}/sse")
+            peer_id = (await EventReader(stream).next()).data
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            post = RawPost(reader, writer)
+            await post.send(head(peer_id) + b"4\r\nslow\r\n5\r\nafter\r\n")
+            await wait_until(lambda: events == ["start slow"])
+            post.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            await asyncio.sleep(0.1)  # (the server notices the drop)
+            gate.set()
+            handled = ["start slow", "end slow", "start after", "end after"]
+            await wait_until(lambda: events == handled)
+            resp = await session.post(
+                f"http://127.0.0.1:{port}/sse", data=b"more", headers={"x-crossws-id": peer_id}
+            )
+            assert resp.status == 200
+            await wait_until(lambda: events[-1] == "end more")
+            assert "cancelled" not in events
+            stream.close()
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)

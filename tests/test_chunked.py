@@ -9,6 +9,7 @@ messages must equal the chunks, and each must be reported by the very
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -124,7 +125,7 @@ def bodies_and_cuts(draw: st.DrawFn) -> tuple[Body, list[int]]:
 def pieces(wire: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
     """(offset, bytes) of each piece."""
     bounds = [0, *cuts, len(wire)]
-    return [(a, wire[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [(a, wire[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def feed_all(wire: bytes, cuts: list[int]) -> tuple[Recorder, list[tuple[int, bytes]]]:
@@ -159,7 +160,7 @@ def test_messages_are_the_chunks_each_as_soon_as_its_last_byte_is_fed(
 @given(bodies())
 def test_node_framing_delivers_each_chunk_before_its_crlf(body: Body) -> None:
     """One write per chunk, its CRLF with the next: nothing is one message late."""
-    sink, split = feed_all(body.wire, body.data_end)
+    sink, _ = feed_all(body.wire, body.data_end)
     assert sink.messages == body.chunks
     assert sink.ended_at == list(range(len(body.chunks)))
 
