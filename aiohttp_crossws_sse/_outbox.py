@@ -81,7 +81,7 @@ class Scheduler:
         self.timeout = options.send_timeout
         # The transport pauses us beyond this; what it holds below it is
         # counted against max_buffer as if it were full.
-        self.high_water = min(65536, max(1024, options.max_buffer // 2))
+        self.high_water = min(65536, max(1, options.max_buffer // 2))
         # Queued bytes a peer whose transport is not paused may hold (one
         # shared int object: this is stored on every outbox).
         self.room = self.max_buffer - self.high_water
@@ -200,6 +200,8 @@ class Outbox(Forwarder):
         self.enqueue(frame)
 
     def enqueue(self, frame: bytes) -> None:
+        if self.discarded:  # ended abruptly: nothing more is held for it
+            return
         if self.batch is not None:
             self.batch.release(self)
         queue = self.queue
@@ -256,9 +258,12 @@ class Outbox(Forwarder):
         """Write ``frames`` after what is queued, waiting while the client is
         slow instead of applying the slow-consumer policy (for replays).
         Returns ``False`` if the stream ended first."""
+        if self.batch is not None:
+            self.batch.release(self)
         for frame in frames:
             while self.queue or self.paused:
-                if self.transport is None or self.discarded:
+                transport = self.transport
+                if transport is None or transport.is_closing() or self.discarded:
                     return False
                 if self.paused:
                     await self._progress()
@@ -286,10 +291,29 @@ class Outbox(Forwarder):
         return False
 
     async def drain(self, timeout: float | None) -> None:
-        """Write out the queue before a graceful end; abort after ``timeout``."""
+        """Before a graceful end: write out the queue and wait until the
+        transport has handed everything to the kernel (so a loss meanwhile is
+        seen: ``wait_for_drain`` then says ``False``); abort after ``timeout``."""
+        if self.batch is not None:
+            self.batch.release(self)
+        transport = self.transport
+        if transport is None:
+            return
+        # From now on the transport pauses us while it holds anything at all,
+        # and resumes us when it is empty.
+        transport.set_write_buffer_limits(high=0)
         try:
             async with asyncio.timeout(timeout):
-                while self.queue and self.transport is not None:
+                while self.queue or self.paused:
+                    transport = self.transport
+                    if transport is None:
+                        return  # lost: on_lost counted what was thrown away
+                    if transport.is_closing():
+                        # The client half-closed: what is queued can no
+                        # longer be written.
+                        if self.queue:
+                            self.abort()
+                        return
                     if self.paused:
                         await self._progress()
                     else:
@@ -299,8 +323,7 @@ class Outbox(Forwarder):
 
     def abort(self) -> None:
         """Throw away what is held and abort the connection now."""
-        if self.queue or self.buffered_amount:
-            self.discarded = True
+        self.discarded = True
         self.queue = []
         self.queued = 0
         if self.transport is not None:
@@ -325,6 +348,8 @@ class Outbox(Forwarder):
         self._stop_stall_timer()
         if transport is not None:
             self.uninstall(transport)
+            if not transport.is_closing():
+                transport.set_write_buffer_limits()  # aiohttp's (asyncio's) defaults
         # The connection is aiohttp's again (it may serve another request).
         self.transport = None
         self._wake()
@@ -377,6 +402,8 @@ class Outbox(Forwarder):
     def check_overflow(self) -> None:
         """The queue outgrew ``room``: apply the policy if what is held,
         counted exactly, is over ``max_buffer``."""
+        if self.discarded:
+            return
         sched = self.sched
         transport = self.transport
         unsent = 0
@@ -442,7 +469,7 @@ class Fanout:
         self.frames: list[bytes] | None = None  # None: no batch open
         self.size = 0
         self.bound: dict[Outbox, int] = {}
-        self.laggards: list[Outbox] = []
+        self.laggards: dict[Outbox, None] = {}  # insertion-ordered, O(1) removal
 
     def __len__(self) -> int:
         return len(self.members)
@@ -459,7 +486,7 @@ class Fanout:
                 outbox.batch = self
                 self.bound[outbox] = len(frames)
             else:
-                self.laggards.append(outbox)
+                self.laggards[outbox] = None
 
     def discard(self, outbox: Outbox) -> None:
         if outbox not in self.members:
@@ -469,8 +496,7 @@ class Fanout:
         if self.frames is not None:
             if outbox.batch is self:
                 self.release(outbox)  # keeps what was published while subscribed
-            if outbox in self.laggards:
-                self.laggards.remove(outbox)
+            self.laggards.pop(outbox, None)
 
     def publish(self, frame: bytes, skip: Outbox | None, sched: Scheduler) -> None:
         """Hand ``frame`` to every subscriber but ``skip``."""
@@ -481,7 +507,7 @@ class Fanout:
             if skip is not None and skip.batch is self:
                 start = self.bound.pop(skip)
                 skip.batch = None
-                self.laggards.append(skip)
+                self.laggards[skip] = None
                 skip.take(frames[start:-1])
             # A copy: a laggard over max_buffer may end, and leave the list.
             for outbox in tuple(self.laggards):
@@ -509,9 +535,11 @@ class Fanout:
                 outbox.batch = self
                 bound[outbox] = 1 if outbox is skip else 0
             else:
+                # In the list before the frame: one over max_buffer ends and
+                # leaves it (discard) at once.
+                laggards[outbox] = None
                 if outbox is not skip:
                     outbox.enqueue(frame)
-                laggards.append(outbox)
         if self.size > sched.segment:  # one big frame
             self.write_batch(reopen=True)
 
@@ -530,7 +558,7 @@ class Fanout:
         outbox.batch = None
         frames = self.frames
         if frames is not None:
-            self.laggards.append(outbox)
+            self.laggards[outbox] = None
             outbox.take(frames[start:])
 
     def write_batch(self, *, reopen: bool) -> None:
@@ -553,7 +581,7 @@ class Fanout:
                 outbox.batch = None
             self.frames = None
             self.bound = {}
-            self.laggards = []
+            self.laggards = {}
             self.size = 0
             return
         # Still in the iteration: a fresh, empty batch; a subscriber whose
@@ -564,7 +592,7 @@ class Fanout:
         for outbox in bound:
             if outbox.paused:
                 outbox.batch = None
-                self.laggards.append(outbox)
+                self.laggards[outbox] = None
             else:
                 fresh[outbox] = 0
         self.bound = fresh

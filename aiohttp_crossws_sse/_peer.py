@@ -179,11 +179,11 @@ class Peer:
         """Wait until at most ``threshold`` bytes are held for this client
         (``buffered_amount``).
 
-        Returns ``True`` once that holds — also after a graceful ``close()``
-        whose queue was written out — and ``False`` when the peer ended with
-        bytes still held thrown away (``terminate()``, a lost connection, the
-        slow-consumer policy, a send timeout). Raises ``TimeoutError`` after
-        ``timeout`` seconds.
+        Returns ``True`` once that holds — also after a graceful ``close()``,
+        which ends the stream only once everything was handed to the kernel —
+        and ``False`` when the peer was aborted (``terminate()``, a lost
+        connection, the slow-consumer policy, a send timeout): what it held is
+        lost. Raises ``TimeoutError`` after ``timeout`` seconds.
         """
         return await self._conn.outbox.wait_for_drain(threshold, timeout)
 

@@ -4,7 +4,11 @@ on the code before the fix. Real servers, real sockets."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,7 +19,7 @@ from aiohttp import web
 from aiohttp_crossws_sse import CloseDetails, Peer, SSEError, define_hooks, sse_adapter
 from aiohttp_crossws_sse.sync import MemoryHub, MemorySync
 from tests.conftest import EventReader, wait_until
-from tests.test_reliability import RawClient, app_for
+from tests.test_reliability import RawClient, app_for, url_of
 
 MiB = 1 << 20
 
@@ -417,3 +421,147 @@ async def test_many_topics_on_one_peer(aiohttp_client: Any) -> None:
     for i in range(20_000):
         peer.unsubscribe(f"topic-{i}")
     assert peer.topics == frozenset() and sse.stats()["topics"] == 0
+
+
+# -- found by a review of the reshaped write path ----------------------------------------------
+
+
+async def silent_client(url: str, rcvbuf: int = 2048) -> socket.socket:
+    """A client that sends its GET and never reads a byte (no asyncio reader
+    on its side, so the kernel buffers are all it has)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, f"GET /sse HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def _small_sndbuf(peer: Peer, size: int = 8192) -> None:
+    """A small kernel send buffer: the transport holds data sooner."""
+    transport = peer.request.transport
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+async def test_graceful_close_after_client_half_close_does_not_spin(serve: Any) -> None:
+    peers: list[Peer] = []
+    closed: list[CloseDetails] = []
+
+    def open_(peer: Peer) -> None:
+        peers.append(peer)
+        _small_sndbuf(peer)
+        for _ in range(100):
+            peer.send("x" * 20_000)
+
+    sse = sse_adapter(
+        define_hooks(open=open_, close=lambda p, d: closed.append(d)),
+        max_buffer=8 << 20,
+        send_timeout=None,
+    )
+    served = await serve(app_for(sse))
+    silent = await silent_client(served.url, rcvbuf=4096)
+    await wait_until(lambda: bool(peers))
+    await asyncio.sleep(0.1)
+    silent.shutdown(socket.SHUT_WR)  # the client half-closes; aiohttp closes its end
+    await asyncio.sleep(0.1)
+
+    def read_slowly() -> None:  # in a thread: a spinning loop must not stop it
+        silent.setblocking(True)
+        silent.settimeout(20)
+        while silent.recv(2048):
+            time.sleep(0.0005)
+
+    # A busy loop would freeze the event loop for good: fail loudly instead.
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        peers[0].close()
+        reading = asyncio.get_running_loop().run_in_executor(None, read_slowly)
+        await asyncio.wait_for(peers[0].wait_closed(), 30)
+        await asyncio.wait_for(reading, 30)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert len(closed) == 1
+    silent.close()
+
+
+async def test_slow_consumer_closed_mid_burst_is_counted_once(aiohttp_client: Any) -> None:
+    peers: list[Peer] = []
+    closed: list[str | None] = []
+
+    def open_(peer: Peer) -> None:
+        peer.subscribe("t")
+        peers.append(peer)
+
+    budget = 65536
+    sse = sse_adapter(
+        define_hooks(open=open_, close=lambda p, d: closed.append(d.reason)), max_buffer=budget
+    )
+    client = await aiohttp_client(app_for(sse))
+    silent = await silent_client(url_of(client))
+    await wait_until(lambda: len(peers) == 1)
+    _small_sndbuf(peers[0], 4096)
+    slow = peers[0]
+    reader = EventReader(await client.get("/sse"))
+    await wait_until(lambda: len(peers) == 2)
+    for _ in range(20):  # fill the slow one up to just under max_buffer
+        while slow.ready_state == 1 and slow.buffered_amount + 1200 <= budget:
+            sse.publish("t", "a" * 1000)
+        await asyncio.sleep(0.02)
+    for _ in range(200):  # a burst of three times max_buffer
+        sse.publish("t", "b" * 1000)
+    assert slow.ready_state >= 2 and slow.buffered_amount == 0
+    await wait_until(lambda: closed == ["slow consumer"])
+    assert sse.stats()["slow_consumers"] == 1
+    got = 0  # the healthy peer gets the whole burst
+    while got < 200:
+        got += (await reader.next()).data == "b" * 1000
+    silent.close()
+
+
+async def test_tiny_max_buffer_bounds_publishes_too(aiohttp_client: Any) -> None:
+    peers: list[Peer] = []
+    sse = sse_adapter(
+        define_hooks(open=lambda p: (p.subscribe("t"), peers.append(p))), max_buffer=300
+    )
+    client = await aiohttp_client(app_for(sse))
+    silent = await silent_client(url_of(client))
+    await wait_until(lambda: bool(peers))
+    peer = peers[0]
+    _small_sndbuf(peer, 4096)
+    worst = 0
+    for _ in range(3000):
+        if peer.ready_state != 1:
+            break
+        sse.publish("t", "x" * 40)
+        await asyncio.sleep(0)
+        worst = max(worst, peer.buffered_amount)
+    assert peer.ready_state >= 2  # it never reads: closed as a slow consumer
+    assert worst <= 300 + 60  # max_buffer plus one frame
+    silent.close()
+
+
+async def test_wait_for_drain_is_false_when_a_gracefully_closing_peer_is_lost(
+    aiohttp_client: Any,
+) -> None:
+    peers: list[Peer] = []
+    sse = sse_adapter(define_hooks(open=peers.append), max_buffer=16 << 20)
+    client = await aiohttp_client(app_for(sse))
+    silent = await silent_client(url_of(client))
+    await wait_until(lambda: bool(peers))
+    peer = peers[0]
+    _small_sndbuf(peer)
+    for _ in range(200):
+        peer.send("x" * 2000)
+    await asyncio.sleep(0.1)
+    assert peer.buffered_amount > 0
+    waiting = asyncio.ensure_future(peer.wait_for_drain(0, timeout=10))
+    peer.close()  # graceful: the stream ends once everything reached the kernel...
+    await asyncio.sleep(0.05)
+    # ...but the client resets the connection first
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    silent.close()
+    assert await waiting is False
+    assert await peer.wait_for_drain(0, timeout=5) is False
