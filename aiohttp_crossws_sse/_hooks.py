@@ -248,4 +248,3 @@ async def run_upgrade(hooks: tuple[Hooks, ...], request: web.Request) -> Upgrade
         if outcome.response is not None:
             break
     return outcome
-

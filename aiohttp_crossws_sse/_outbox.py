@@ -456,19 +456,33 @@ class Fanout:
     published to it in this loop iteration.
 
     ``members`` is the subscriber set; fan-out iterates an immutable
-    snapshot of it. While a batch is open, ``bound`` maps each subscriber
-    that will take the batch whole to the index of its first frame, and
-    ``laggards`` get every later frame queued one by one.
+    snapshot of it. While a batch is open, the subscribers in ``bound`` whose
+    ``batch`` is this fanout take it whole (from frame 0, or from
+    ``starts[outbox]`` for the few that joined late or sent a publish), and
+    ``laggards`` get every later frame queued one by one. An outbox that
+    leaves the batch only clears its ``batch``: ``bound`` is a plain list,
+    and the write skips it.
     """
 
-    __slots__ = ("bound", "frames", "laggards", "members", "size", "snapshot")
+    __slots__ = (
+        "bound",
+        "frames",
+        "laggards",
+        "members",
+        "rebound",
+        "size",
+        "snapshot",
+        "starts",
+    )
 
     def __init__(self) -> None:
         self.members: dict[Outbox, None] = {}
         self.snapshot: tuple[Outbox, ...] | None = None
         self.frames: list[bytes] | None = None  # None: no batch open
         self.size = 0
-        self.bound: dict[Outbox, int] = {}
+        self.bound: list[Outbox] = []
+        self.starts: dict[Outbox, int] = {}
+        self.rebound = False  # an outbox may stand in ``bound`` twice
         self.laggards: dict[Outbox, None] = {}  # insertion-ordered, O(1) removal
 
     def __len__(self) -> int:
@@ -484,7 +498,9 @@ class Fanout:
         if frames is not None:  # joins mid-batch: gets what is published from now on
             if _idle(outbox):
                 outbox.batch = self
-                self.bound[outbox] = len(frames)
+                self.bound.append(outbox)
+                self.starts[outbox] = len(frames)
+                self.rebound = True
             else:
                 self.laggards[outbox] = None
 
@@ -505,7 +521,7 @@ class Fanout:
             frames.append(frame)
             self.size += len(frame)
             if skip is not None and skip.batch is self:
-                start = self.bound.pop(skip)
+                start = self.starts.pop(skip, 0)
                 skip.batch = None
                 self.laggards[skip] = None
                 skip.take(frames[start:-1])
@@ -528,33 +544,42 @@ class Fanout:
         self.frames = [frame]
         self.size = len(frame)
         sched.open_batch(self)
-        bound = self.bound
+        bind = self.bound.append
         laggards = self.laggards
         for outbox in members:
-            if _idle(outbox):
+            # _idle() written out: this loop runs once per subscriber.
+            if (
+                not outbox.queue
+                and not outbox.paused
+                and outbox.chunked
+                and outbox.batch is None
+                and (transport := outbox.transport) is not None
+                and not transport.is_closing()
+            ):
                 outbox.batch = self
-                bound[outbox] = 1 if outbox is skip else 0
+                bind(outbox)
             else:
                 # In the list before the frame: one over max_buffer ends and
                 # leaves it (discard) at once.
                 laggards[outbox] = None
                 if outbox is not skip:
                     outbox.enqueue(frame)
+        if skip is not None and skip.batch is self:
+            self.starts[skip] = 1  # the sender skips its own publish
         if self.size > sched.segment:  # one big frame
             self.write_batch(reopen=True)
 
     def pending_for(self, outbox: Outbox) -> int:
         """Bytes of the batch that ``outbox`` (bound to it) has yet to get."""
         frames = self.frames
-        start = self.bound.get(outbox)
-        if frames is None or start is None:
+        if frames is None or outbox.batch is not self:
             return 0
-        return sum(map(len, frames[start:]))
+        return sum(map(len, frames[self.starts.get(outbox, 0) :]))
 
     def release(self, outbox: Outbox) -> None:
         """``outbox`` must take something else: it queues the batch's frames
         so far and follows frame by frame."""
-        start = self.bound.pop(outbox)
+        start = self.starts.pop(outbox, 0)
         outbox.batch = None
         frames = self.frames
         if frames is not None:
@@ -562,40 +587,49 @@ class Fanout:
             outbox.take(frames[start:])
 
     def write_batch(self, *, reopen: bool) -> None:
-        """Write the batch to every bound subscriber, the joined bytes built
-        once per distinct start."""
-        frames = self.frames
-        bound = self.bound
-        if frames:
-            joined: dict[int, bytes] = {}
-            for outbox, start in bound.items():
-                data = joined.get(start)
-                if data is None:
-                    data = joined[start] = b"".join(frames[start:])
-                if data:
-                    transport = outbox.transport
-                    if transport is not None and not transport.is_closing():
-                        transport.write(data)
-        if not reopen:
-            for outbox in bound:
-                outbox.batch = None
-            self.frames = None
-            self.bound = {}
-            self.laggards = {}
-            self.size = 0
-            return
-        # Still in the iteration: a fresh, empty batch; a subscriber whose
-        # transport paused on that write follows frame by frame now.
-        self.frames = []
-        self.size = 0
-        fresh: dict[Outbox, int] = {}
+        """Write the batch to every bound subscriber — the joined bytes built
+        once (once per distinct start) — and, at the end of the iteration,
+        unbind them in the same pass."""
+        frames = self.frames or []
+        starts = self.starts
+        whole = frames[0] if len(frames) == 1 else b"".join(frames)
+        joined: dict[int, bytes] = {}
+        keep: list[Outbox] = []
+        bound: Iterable[Outbox] = self.bound
+        if self.rebound:
+            bound = dict.fromkeys(bound)
+            self.rebound = False
         for outbox in bound:
-            if outbox.paused:
+            if outbox.batch is not self:
+                continue  # it left the batch (released) since
+            data = whole
+            if starts:
+                start = starts.get(outbox, 0)
+                if start:
+                    data = joined.get(start, b"")
+                    if start not in joined:
+                        data = joined[start] = b"".join(frames[start:])
+            if data:
+                transport = outbox.transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(data)
+            if not reopen:
+                outbox.batch = None
+            elif outbox.paused:
+                # Its transport paused on that write: frame by frame from now on.
                 outbox.batch = None
                 self.laggards[outbox] = None
             else:
-                fresh[outbox] = 0
-        self.bound = fresh
+                keep.append(outbox)
+        self.starts = {}
+        self.size = 0
+        if reopen:  # still in the iteration: a fresh, empty batch
+            self.frames = []
+            self.bound = keep
+        else:
+            self.frames = None
+            self.bound = []
+            self.laggards = {}
 
     def close_batch(self) -> None:
         """End of the loop iteration."""

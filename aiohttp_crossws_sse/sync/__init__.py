@@ -13,13 +13,25 @@ from .base import Relayed, Sync, SyncLink
 
 if TYPE_CHECKING:
     from .memory import MemoryHub, MemorySync
+    from .postgres import PostgresSync
+    from .redis import RedisSync
 
-__all__ = ["MemoryHub", "MemorySync", "Relayed", "Sync", "SyncLink"]
+__all__ = [
+    "MemoryHub",
+    "MemorySync",
+    "PostgresSync",
+    "RedisSync",
+    "Relayed",
+    "Sync",
+    "SyncLink",
+]
 
 # name -> module that defines it, imported when the name is first used
 _BACKENDS = {
     "MemoryHub": ".memory",
     "MemorySync": ".memory",
+    "RedisSync": ".redis",  # needs the ``redis`` extra
+    "PostgresSync": ".postgres",  # needs the ``postgres`` extra
 }
 
 

@@ -28,6 +28,8 @@ import random
 import re
 from abc import abstractmethod
 from collections.abc import Awaitable
+from itertools import chain
+from operator import attrgetter
 
 from .base import Relayed, Sync, SyncLink
 
@@ -40,8 +42,12 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_cir
 _decode = json.loads
 # bytes a message adds to a body beyond its strings: quotes, commas, nulls
 _OVERHEAD = 16
+# a guess at what a message adds beyond its data (topic, event, namespace, syntax)
+_GUESS = 64
+_FIELDS = attrgetter("topic", "namespace", "event", "data")
 _FIRST_RECONNECT_DELAY = 0.05
-_MAX_SENDERS = 4096  # instances whose sequence numbers are remembered
+_MAX_SENDERS = 4096
+_OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
 
 
 def redact(address: str) -> str:
@@ -49,13 +55,18 @@ def redact(address: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", address)
 
 
+def why(exc: BaseException | None) -> str:
+    """An exception as a reason: its message, or its type when it has none."""
+    if exc is None:
+        return "unknown"
+    return str(exc) or type(exc).__name__
+
+
 def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
+def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"option {name!r} must be a number, not {type(value).__name__}")
     if not value > 0:
@@ -96,10 +107,10 @@ class _LossReport:
         n, self.unreported = self.unreported, 0
         self._last = asyncio.get_running_loop().time()
         cause = self.cause
-        why = f": {cause}" if cause is not None else ""
+        reason = f": {why(cause)}" if cause is not None else ""
         err = ConnectionError(
             f"{n} publish{'es' if n != 1 else ''} not relayed to the other instances "
-            f"through {self._owner.describe()}{why}"
+            f"through {self._owner.describe()}{reason}"
         )
         err.__cause__ = cause
         self._owner.report(err)
@@ -169,7 +180,7 @@ class RelaySync(Sync):
         self._seqs: dict[str, int] = {}  # sender -> last sequence number seen
         self._pending: list[Relayed] = []
         self._pending_bytes = 0
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._up = False
@@ -197,7 +208,7 @@ class RelaySync(Sync):
         except Exception as exc:
             await self._quiet(self._unsubscribe())
             await self._quiet(self._disconnect())
-            raise ConnectionError(f"cannot connect to {self.describe()}: {exc}") from exc
+            raise ConnectionError(f"cannot connect to {self.describe()}: {why(exc)}") from exc
         self._link = link
         self._up = True
         self._wake = asyncio.Event()
@@ -207,29 +218,29 @@ class RelaySync(Sync):
     def publish(self, message: Relayed) -> None:
         """Queue ``message`` for the next round trip; never blocks. While the
         backplane is unreachable it is not relayed, and that is reported."""
-        if self._link is None or self._wake is None or self._closing:
-            raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
-        if not self._up:
+        if not self._up or self._closing:
+            if self._link is None or self._closing:
+                raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
             self._lost(1, self._down_cause)
             return
-        size = len(message.data)
-        if self._pending_bytes + size > self.max_pending and self._pending:
+        pending = self._pending
+        if not pending:
+            self._wake.set()  # the writer sends what this loop iteration queues
+        elif self._pending_bytes > self.max_pending:
             self._lost(1, BufferError(f"more than {self.max_pending} bytes waiting to be sent"))
             return
-        self._pending.append(message)
-        self._pending_bytes += size
-        self._wake.set()
+        pending.append(message)
+        self._pending_bytes += len(message.data)
 
     async def close(self) -> None:
         """Send what is still queued (bounded by ``send_timeout``), then disconnect.
         Idempotent; the backplane can be started again afterwards."""
         if self._link is None:
             return
-        self._closing = True
+        self._closing = True  # publishes from now on raise
         writer, supervisor = self._writer, self._supervisor
         self._writer = self._supervisor = None
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
         if writer is not None:
             done, _ = await asyncio.wait([writer], timeout=self.send_timeout)
             if not done:
@@ -251,7 +262,6 @@ class RelaySync(Sync):
         await self._quiet(self._unsubscribe())
         await self._quiet(self._disconnect())
         self._link = None
-        self._wake = None
         self._up = False
         self._pending = []
         self._pending_bytes = 0
@@ -269,13 +279,20 @@ class RelaySync(Sync):
         """What the backplane talks to, for messages (no password)."""
         return f"{self.kind} channel {self.channel!r}"
 
-    def pack(self, batch: list[Relayed]) -> list[str]:
+    def pack(self, batch: list[Relayed], data_bytes: int | None = None) -> list[str]:
         """The envelopes carrying ``batch``, in order, each body at most
-        ``max_body`` bytes unless it holds a single bigger message."""
+        ``max_body`` bytes unless it holds a single bigger message.
+        ``data_bytes``: the summed length of the messages' data, if known."""
+        limit = self.max_body
+        if data_bytes is None:
+            data_bytes = sum(len(m.data) for m in batch)
+        if data_bytes + len(batch) * _GUESS <= limit:  # the usual case: one envelope
+            body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, batch))))
+            if len(batch) == 1 or utf8_len(body) <= limit:
+                return [self.header() + body]
         envelopes: list[str] = []
         group: list[Relayed] = []
         size = 0
-        limit = self.max_body
         for m in batch:
             cost = len(m.topic) + len(m.data) + _OVERHEAD
             if m.event is not None:
@@ -292,10 +309,7 @@ class RelaySync(Sync):
         return envelopes
 
     def _pack_group(self, group: list[Relayed], out: list[str]) -> None:
-        flat: list[str | None] = []
-        for m in group:
-            flat += (m.topic, m.namespace, m.event, m.data)
-        body = _ENCODER.encode(flat)
+        body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, group))))
         if len(group) > 1 and utf8_len(body) > self.max_body:
             half = len(group) // 2  # escapes or multi-byte text made it bigger than guessed
             self._pack_group(group[:half], out)
@@ -352,18 +366,18 @@ class RelaySync(Sync):
             self._malformed(body, exc)
             return
         deliver = link.deliver
-        for i in range(0, len(flat), 4):
-            topic, namespace, event, data = flat[i : i + 4]
+        items = iter(flat)
+        for topic, namespace, event, data in zip(items, items, items, items, strict=False):
             if (
                 type(topic) is not str
                 or type(data) is not str
-                or (namespace is not None and type(namespace) is not str)
-                or (event is not None and type(event) is not str)
+                or type(namespace) not in _OPTIONAL_STR
+                or type(event) not in _OPTIONAL_STR
             ):
                 self._malformed(body, None)
                 continue
             try:
-                deliver(Relayed(topic, data, event=event, namespace=namespace))
+                deliver(Relayed(topic, data, event, namespace))
             except Exception as exc:  # a bad relayed event must not stop the listener
                 self.report(exc)
 
@@ -380,15 +394,14 @@ class RelaySync(Sync):
 
     async def _write_loop(self) -> None:
         wake = self._wake
-        assert wake is not None
         while True:
             await wake.wait()
             wake.clear()
             batch, self._pending = self._pending, []
-            self._pending_bytes = 0
+            data_bytes, self._pending_bytes = self._pending_bytes, 0
             if batch:
                 if self._up:
-                    envelopes = self.pack(batch)
+                    envelopes = self.pack(batch, data_bytes)
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await self._send(envelopes)
@@ -425,7 +438,7 @@ class RelaySync(Sync):
         if self._losses is not None:
             self._losses.since_up = 0
         err = ConnectionError(
-            f"lost the connection to {self.describe()}: {cause or type(cause).__name__}; "
+            f"lost the connection to {self.describe()}: {why(cause)}; "
             "local peers are still served, publishes are not relayed until it is back "
             "(reconnecting)"
         )
@@ -453,9 +466,10 @@ class RelaySync(Sync):
                 now = loop.time()
                 if now - self._last_retry_report >= self.report_interval:
                     self._last_retry_report = now
+                    plural = "s" if attempts != 1 else ""
                     err = ConnectionError(
-                        f"still cannot reach {self.describe()} after {attempts} attempt"
-                        f"{'s' if attempts != 1 else ''} ({now - self._down_since:.1f} s): {exc}"
+                        f"still cannot reach {self.describe()} after {attempts} attempt{plural} "
+                        f"({now - self._down_since:.1f} s down): {why(exc)}"
                     )
                     err.__cause__ = exc
                     self.report(err)

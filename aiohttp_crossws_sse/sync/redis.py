@@ -49,15 +49,39 @@ class RedisSync(RelaySync):
     ``start`` (app startup) raises ``ConnectionError`` when Redis cannot be
     reached at all.
 
-    Further keyword options (``heartbeat``, ``max_reconnect_delay``,
-    ``report_interval``, ``send_timeout``, ``max_pending``): see the README.
+    Tuning (keyword-only): ``heartbeat`` (15 s: silence after which the
+    subscription is probed with a PING; no answer within as long again and
+    the connection counts as lost), ``max_reconnect_delay`` (5 s: the cap of
+    the exponential backoff between reconnect attempts, which starts at
+    50 ms), ``report_interval`` (10 s: lost publishes and failed reconnect
+    attempts are reported at most this often, with counts),
+    ``send_timeout`` (10 s: a batch not sent by then counts as lost),
+    ``max_pending`` (16 MiB: data queued and not yet sent beyond which
+    further publishes are not relayed, and reported).
     """
 
     kind = "Redis"
     max_body = 512 * 1024
 
-    def __init__(self, url_or_client: str | Redis, *, channel: str, **options: Any) -> None:
-        super().__init__(channel=channel, **options)
+    def __init__(
+        self,
+        url_or_client: str | Redis,
+        *,
+        channel: str,
+        heartbeat: float = 15.0,
+        max_reconnect_delay: float = 5.0,
+        report_interval: float = 10.0,
+        send_timeout: float = 10.0,
+        max_pending: int = 16 << 20,
+    ) -> None:
+        super().__init__(
+            channel=channel,
+            heartbeat=heartbeat,
+            max_reconnect_delay=max_reconnect_delay,
+            report_interval=report_interval,
+            send_timeout=send_timeout,
+            max_pending=max_pending,
+        )
         if isinstance(url_or_client, str):
             if not url_or_client:
                 raise ValueError("RedisSync needs a Redis URL or client")
@@ -110,11 +134,11 @@ class RedisSync(RelaySync):
         client = self._client
         assert client is not None
         if len(envelopes) == 1:
-            await client.execute_command("PUBLISH", self.channel, envelopes[0])
+            await client.publish(self.channel, envelopes[0])
             return
         async with client.pipeline(transaction=False) as pipe:
             for envelope in envelopes:
-                pipe.execute_command("PUBLISH", self.channel, envelope)
+                pipe.publish(self.channel, envelope)
             await pipe.execute()
 
     # -- listening ---------------------------------------------------------------------
@@ -135,6 +159,7 @@ class RedisSync(RelaySync):
             # a client with a retry policy may reconnect (and resubscribe) inside
             # redis-py: notice it, since what was published meanwhile is lost
             pubsub.connection.register_connect_callback(self._reconnected)
+            _skip_push_debug_log(pubsub.connection)
 
     def _reconnected(self, connection: Any) -> None:
         self._silently_reconnected = True
@@ -145,12 +170,13 @@ class RedisSync(RelaySync):
             return
         if pubsub.connection is not None:
             pubsub.connection.deregister_connect_callback(self._reconnected)
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _listen(self) -> None:
         pubsub = self._pubsub
         assert pubsub is not None
         heartbeat = self.heartbeat
+        own = self._own.encode()
         loop = asyncio.get_running_loop()
         heard = loop.time()
         while True:
@@ -171,6 +197,25 @@ class RedisSync(RelaySync):
             heard = loop.time()
             if message["type"] == "message":
                 data = message["data"]
-                body = self.accept(data.decode() if isinstance(data, bytes) else data)
+                if isinstance(data, bytes):
+                    if data.startswith(own):
+                        continue  # this instance's own publish: no need to decode it
+                    data = data.decode(errors="replace")  # garbage is reported, not fatal
+                body = self.accept(data)
                 if body is not None:
                     self.deliver_body(body)
+
+
+async def _passthrough(response: Any) -> Any:
+    return response
+
+
+def _skip_push_debug_log(connection: Any) -> None:
+    """redis-py's hiredis parser hands every pub/sub message to a handler that
+    builds ``"Push response: " + str(message)`` for a DEBUG log line, logged or
+    not: for a large message that doubles the cost of receiving it. Replace
+    that default handler (and only it) with one that just returns the message."""
+    parser: Any = getattr(connection, "_parser", None)
+    default = getattr(parser, "handle_pubsub_push_response", None)
+    if default is not None and getattr(parser, "pubsub_push_handler_func", None) == default:
+        parser.set_pubsub_push_handler(_passthrough)

@@ -1,0 +1,121 @@
+"""Benchmark server: one instance of a cluster (``ours.py`` plus a backplane).
+
+Same contract as the other servers (``GET /sse``, ``GET /publish?n=M&size=S``,
+``GET /peers``, ``GET /stats``, ``&rate=R``), plus:
+
+  GET /publish?...&stamp=1     each event's data starts with the CLOCK_MONOTONIC
+                               time of its publish in ns and a space, then "x"
+                               up to S bytes (for publish -> receive latency)
+
+Environment: PORT (default 8080); SYNC = "" (no backplane), "redis" or
+"postgres"; SYNC_URL (the Redis URL or Postgres DSN); CHANNEL (default
+"bench"); UVLOOP=0 for asyncio's default loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from aiohttp_crossws_sse import Peer, define_hooks, sse_adapter
+
+
+def open_(peer: Peer) -> None:
+    peer.subscribe("bench")
+    peer.send("welcome")
+
+
+def make_sync() -> Any:
+    kind = os.environ.get("SYNC", "")
+    channel = os.environ.get("CHANNEL", "bench")
+    if kind == "redis":
+        from aiohttp_crossws_sse.sync import RedisSync
+
+        return RedisSync(os.environ["SYNC_URL"], channel=channel)
+    if kind == "postgres":
+        from aiohttp_crossws_sse.sync import PostgresSync
+
+        return PostgresSync(os.environ["SYNC_URL"], channel=channel)
+    if kind:
+        sys.exit(f"unknown SYNC={kind!r}")
+    return None
+
+
+sse = sse_adapter(define_hooks(open=open_), sync=make_sync())
+
+
+def stamped(size: int) -> str:
+    head = f"{time.monotonic_ns()} "
+    return head + "x" * (size - len(head))
+
+
+async def publish(request: web.Request) -> web.Response:
+    n = int(request.query.get("n", "1"))
+    size = int(request.query.get("size", "64"))
+    rate = float(request.query.get("rate", "0"))
+    stamp = request.query.get("stamp") == "1"
+    payload = "x" * size
+    if rate <= 0:
+        for _ in range(n):
+            sse.publish("bench", stamped(size) if stamp else payload)
+        return web.Response(text="ok")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    while sent < n:  # publish whatever is due, then sleep until the next one is
+        due = min(n, int((loop.time() - start) * rate) + 1)
+        while sent < due:
+            sse.publish("bench", stamped(size) if stamp else payload)
+            sent += 1
+        await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
+    return web.Response(text="ok")
+
+
+async def peers(request: web.Request) -> web.Response:
+    return web.Response(text=str(len(sse.peers)))
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.Response(text=json.dumps(sse.stats()), content_type="application/json")
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get("UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            print("uvloop not installed: using asyncio's loop", file=sys.stderr)
+    return asyncio.new_event_loop()
+
+
+def main() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    app = web.Application()
+    sse.setup(app, "/sse")
+    app.router.add_get("/publish", publish)
+    app.router.add_get("/peers", peers)
+    app.router.add_get("/stats", stats)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=int(os.environ.get("PORT", "8080")),
+        loop=new_loop(),
+        print=None,
+        access_log=None,
+        backlog=4096,
+        shutdown_timeout=1.0,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""Real Redis and PostgreSQL servers, and cluster nodes, for the backplane tests.
+
+The servers run from Debian's packages (``redis-server``; ``postgresql``'s
+``initdb``/``pg_ctl``) in a temporary directory, reachable over a unix socket
+only. Under ``CI=true`` a missing server binary fails the test; elsewhere it
+skips with the reason. Every process started here is stopped by its PID.
+
+Test modules import the fixtures they use (``redis_server_fixture`` provides
+the fixture ``redis_server``, and so on) and the helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import pwd
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import pytest
+
+from aiohttp_crossws_sse.client import EventSourceClient, connect
+
+NODE_APP = Path(__file__).parent / "apps" / "cluster_node.py"
+# Small timings so that outages are noticed and healed quickly in tests.
+FAST_OPTIONS: dict[str, Any] = {
+    "heartbeat": 2.0,
+    "max_reconnect_delay": 0.5,
+    "report_interval": 0.5,
+}
+
+
+def missing(what: str) -> None:
+    """A server binary is not installed: fail under CI, else skip."""
+    message = f"{what} is not installed (apt-get install redis-server postgresql)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; CI needs it")
+    pytest.skip(message)
+
+
+def _read_tail(log: IO[bytes], tail: int = 2000) -> str:
+    log.seek(0, os.SEEK_END)
+    size = log.tell()
+    log.seek(max(0, size - tail))
+    return log.read().decode(errors="replace")
+
+
+# -- Redis -----------------------------------------------------------------------------
+
+
+class RedisServer:
+    """``redis-server`` on a unix socket in a temporary directory, no persistence."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="crossws-redis-")
+        self.socket = os.path.join(self.dir, "redis.sock")
+        self.url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(os.path.join(self.dir, "redis.log"), "w+b")  # noqa: SIM115
+
+    def start(self) -> None:
+        cmd = [
+            self.binary,
+            "--port", "0",
+            "--unixsocket", self.socket,
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.dir,
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {_read_tail(self.log)}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(1)
+                s.connect(self.socket)
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, by PID: the way a crash looks to clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("redis-server")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session", name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="own_redis_server")
+def own_redis_server_fixture() -> Iterator[RedisServer]:
+    """A Redis of this test alone (for tests that kill it)."""
+    server = RedisServer(redis_binary())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------
+
+
+def postgres_bindir() -> str:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    if candidates:
+        return os.path.dirname(candidates[-1])
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        missing("PostgreSQL (initdb, pg_ctl)")
+    assert initdb is not None
+    return os.path.dirname(initdb)
+
+
+class PostgresServer:
+    """A PostgreSQL cluster made by ``initdb`` in a temporary directory,
+    listening on a unix socket only (trust authentication, role ``postgres``).
+    As root, the server runs as the ``postgres`` system user."""
+
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.dir = tempfile.mkdtemp(prefix="crossws-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.logfile = os.path.join(self.dir, "server.log")
+        self.dsn = f"postgresql://postgres@/postgres?host={self.dir}"
+        self.user: str | None = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                missing("the postgres system user (package postgresql)")
+            self.user = "postgres"
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [os.path.join(self.bindir, args[0]), *args[1:]],
+            user=self.user,
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+        if result.returncode:
+            log = ""
+            if os.path.exists(self.logfile):
+                with open(self.logfile, "rb") as f:
+                    log = _read_tail(f)
+            raise RuntimeError(f"{' '.join(args)} failed: {result.stdout.decode()}\n{log}")
+
+    def init(self) -> None:
+        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-k {self.dir} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", self.data, "-l", self.logfile, "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def cleanup(self) -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", name="postgres_server")
+def postgres_server_fixture() -> Iterator[PostgresServer]:
+    server = PostgresServer(postgres_bindir())
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(name="own_postgres_server")
+def own_postgres_server_fixture() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test alone (for tests that stop it)."""
+    server = PostgresServer(postgres_bindir())
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+# -- cluster nodes -------------------------------------------------------------------
+
+
+class Node:
+    """``tests/apps/cluster_node.py`` in its own process: one instance of a cluster."""
+
+    def __init__(self, backend: str, url: str, channel: str, **options: Any) -> None:
+        config = {"backend": backend, "url": url, "channel": channel, "options": options}
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(NODE_APP), json.dumps(config)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            line = self.proc.stdout.readline() if sel.select(30) else b""
+        if not line.startswith(b"port="):
+            self.stop()
+            raise RuntimeError(f"cluster node did not start: {line!r} {self.output()}")
+        self.url = f"http://127.0.0.1:{int(line[5:])}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return _read_tail(self.log, 4000)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
+
+    # -- over HTTP -----------------------------------------------------------------
+
+    def stream(self, session: aiohttp.ClientSession, topics: str = "chat", ns: str = "") -> Any:
+        query = f"?topics={topics}" + (f"&ns={ns}" if ns else "")
+        return connect(self.url + "/sse" + query, session=session, timeout=10)
+
+    async def publish(self, session: aiohttp.ClientSession, topic: str, data: str = "",
+                      **params: Any) -> None:  # fmt: skip
+        query = {"topic": topic, "data": data, **{k: str(v) for k, v in params.items()}}
+        async with session.get(self.url + "/publish", params=query) as response:
+            assert response.status == 200, await response.text()
+
+    async def errors(self, session: aiohttp.ClientSession) -> list[str]:
+        async with session.get(self.url + "/errors") as response:
+            result: list[str] = await response.json()
+            return result
+
+    async def health(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        async with session.get(self.url + "/health") as response:
+            result: dict[str, int] = await response.json()
+            return result
+
+
+async def opened(client: EventSourceClient) -> EventSourceClient:
+    """Connect and wait for the ``welcome`` event (subscriptions are in place)."""
+    await client.connected()
+    assert (await client.next_event(10)).data == "welcome"
+    return client
+
+
+async def data_of(client: EventSourceClient, n: int, timeout: float = 10) -> list[str]:
+    return [(await client.next_event(timeout)).data for _ in range(n)]
+
+
+async def until(condition: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Poll an async condition until it is true; a bounded wait, not a timing."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def binary_sample() -> tuple[str, str]:
+    """Bytes (as latin-1 text, for the node's ``binary`` flag) and the data URL
+    every subscriber must receive for them."""
+    import base64
+
+    raw = bytes(range(256)) * 3 + b"\x00\r\n\xff"
+    return raw.decode("latin-1"), (
+        "data:application/octet-stream;base64," + base64.b64encode(raw).decode()
+    )
+
+
+# -- scenarios both backplanes pass ------------------------------------------------------
+
+
+async def check_adapter_publish(a: Node, b: Node, session: aiohttp.ClientSession) -> None:
+    """``adapter.publish`` on B reaches A once, with its event type; and back."""
+    async with a.stream(session, "adapter") as on_a, b.stream(session, "adapter") as on_b:
+        await opened(on_a)
+        await opened(on_b)
+        await b.publish(session, "adapter", "from b", event="note")
+        got = await on_a.next_event(10)
+        assert (got.data, got.event) == ("from b", "note")
+        assert (await on_b.next_event(10)).data == "from b"  # local, once
+        await a.publish(session, "adapter", "from a")
+        assert (await on_b.next_event(10)).data == "from a"
+        assert (await on_a.next_event(10)).data == "from a"  # not twice: the echo is dropped
+        await b.publish(session, "adapter", "marker")
+        assert await data_of(on_a, 1) == ["marker"]
+        assert await data_of(on_b, 1) == ["marker"]
+
+
+async def check_peer_publish(a: Node, b: Node, session: aiohttp.ClientSession) -> None:
+    """``peer.publish`` on B reaches A and B's other peers, never the sender."""
+    async with (
+        a.stream(session, "peer") as on_a,
+        b.stream(session, "peer") as sender,
+        b.stream(session, "peer") as other,
+    ):
+        for client in (on_a, sender, other):
+            await opened(client)
+        await sender.send({"topic": "peer", "data": "hello from a peer"})
+        assert await data_of(on_a, 1) == ["hello from a peer"]
+        assert await data_of(other, 1) == ["hello from a peer"]
+        await a.publish(session, "peer", "marker")
+        for client in (on_a, sender, other):
+            assert await data_of(client, 1) == ["marker"]
+
+
+async def check_namespaces(a: Node, b: Node, session: aiohttp.ClientSession) -> None:
+    """A publish for one namespace reaches only that namespace elsewhere; ``None`` all."""
+    async with (
+        a.stream(session, "ns", ns="room1") as room1,
+        a.stream(session, "ns", ns="room2") as room2,
+        a.stream(session, "ns") as default,
+    ):
+        for client in (room1, room2, default):
+            await opened(client)
+        await b.publish(session, "ns", "room1 only", ns="room1")
+        assert await data_of(room1, 1) == ["room1 only"]
+        await b.publish(session, "ns", "everyone")
+        for client in (room1, room2, default):
+            assert await data_of(client, 1) == ["everyone"]  # room2 never got "room1 only"
+
+
+async def check_order(a: Node, b: Node, session: aiohttp.ClientSession) -> None:
+    """1,000 publishes arrive in order, whether made in one loop iteration or
+    one per iteration; none twice."""
+    async with a.stream(session, "order") as on_a, b.stream(session, "order") as on_b:
+        await opened(on_a)
+        await opened(on_b)
+        await b.publish(session, "order", "burst", n=1000)
+        assert await data_of(on_a, 1000) == [f"burst{i}" for i in range(1000)]
+        await b.publish(session, "order", "spread", n=1000, spread=1)
+        assert await data_of(on_a, 1000) == [f"spread{i}" for i in range(1000)]
+        await a.publish(session, "order", "marker")
+        assert await data_of(on_a, 1) == ["marker"]
+        assert await data_of(on_b, 2001) == [
+            *(f"burst{i}" for i in range(1000)),
+            *(f"spread{i}" for i in range(1000)),
+            "marker",
+        ]
+
+
+async def check_binary(a: Node, b: Node, session: aiohttp.ClientSession) -> None:
+    """Bytes published on B (adapter and peer) arrive on A as the same data URL."""
+    raw, expected = binary_sample()
+    async with a.stream(session, "bin") as on_a, b.stream(session, "bin") as sender:
+        await opened(on_a)
+        await opened(sender)
+        await b.publish(session, "bin", raw, binary=1)
+        assert await data_of(on_a, 1) == [expected]
+        await sender.send({"topic": "bin", "data": raw, "binary": True})
+        assert await data_of(on_a, 1) == [expected]
+
+
+async def check_isolation(a: Node, b: Node, other: Node, session: aiohttp.ClientSession) -> None:
+    """``other`` shares the server but not the channel: neither side sees the other."""
+    async with a.stream(session, "iso") as on_a, other.stream(session, "iso") as on_other:
+        await opened(on_a)
+        await opened(on_other)
+        await b.publish(session, "iso", "main channel")
+        assert await data_of(on_a, 1) == ["main channel"]  # relaying works on main
+        await other.publish(session, "iso", "other channel")
+        assert await data_of(on_other, 1) == ["other channel"]  # main's never came
+        await b.publish(session, "iso", "main again")
+        assert await data_of(on_a, 1) == ["main again"]  # other's never came
+
+
+async def crossed(src: Node, dst: EventSourceClient, session: aiohttp.ClientSession,
+                  topic: str, tag: str, timeout: float = 60.0) -> int:  # fmt: skip
+    """Publish probes on ``src`` until one reaches ``dst`` (a bounded wait); then
+    a final marker, and check that what ``dst`` got is probes in order, then
+    the marker. Returns the number of probes sent."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    sent = 0
+    first: str | None = None
+    while first is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{tag}: no publish crossed over within {timeout} s")
+        await src.publish(session, topic, f"{tag}{sent}")
+        sent += 1
+        with contextlib.suppress(TimeoutError):
+            first = (await dst.next_event(0.3)).data
+    await src.publish(session, topic, f"{tag}-end")
+    rest = [first]
+    while rest[-1] != f"{tag}-end":
+        rest.append((await dst.next_event(10)).data)
+    probes = [int(x[len(tag) :]) for x in rest[:-1]]
+    assert all(x.startswith(tag) for x in rest), rest
+    assert probes == sorted(set(probes)), f"{tag}: out of order or twice: {rest}"
+    return sent
+
+
+async def check_outage(
+    a: Node, b: Node, session: aiohttp.ClientSession, kill: Any, restart: Any, kind: str
+) -> None:
+    """The backplane dies while both serve: local delivery goes on, the outage
+    is reported on both (never raised into a handler), and relaying resumes by
+    itself once the server is back."""
+    async with a.stream(session, "out") as on_a, b.stream(session, "out") as on_b:
+        await opened(on_a)
+        await opened(on_b)
+        await b.publish(session, "out", "before")
+        assert await data_of(on_a, 1) == ["before"]
+        assert await data_of(on_b, 1) == ["before"]
+
+        kill()
+        for node, client in ((a, on_a), (b, on_b)):
+            await node.publish(session, "out", "during")  # answers 200: nothing raised
+            assert await data_of(client, 1) == ["during"]  # local peers still served
+        for node in (a, b):
+
+            async def saw_outage(node: Node = node) -> bool:
+                errors = " ".join(await node.errors(session))
+                return f"lost the connection to {kind}" in errors and "not relayed" in errors
+
+            await until(saw_outage, timeout=30)
+
+        restart()
+        # each way, with each side getting its own probes locally, once each, in order
+        sent = await crossed(b, on_a, session, "out", "b2a")
+        assert await data_of(on_b, sent + 1) == [*(f"b2a{i}" for i in range(sent)), "b2a-end"]
+        sent = await crossed(a, on_b, session, "out", "a2b")
+        assert await data_of(on_a, sent + 1) == [*(f"a2b{i}" for i in range(sent)), "a2b-end"]
+    for node in (a, b):
+        assert node.alive(), node.output()
+        assert (await node.health(session))["handler_errors"] == 0
