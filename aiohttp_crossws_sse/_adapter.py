@@ -192,13 +192,17 @@ class SSEAdapter:
         self._started = True
         self._closing = False
         self._closed = None
-        if self.options.sync is not None:
+        sync = self.options.sync
+        if sync is not None:
             link = SyncLink(
                 instance_id=self.instance_id,
                 deliver=self._registry.deliver_relayed,
                 report=lambda exc: self._relay_failed(None, exc, "backplane failed"),
+                history=self.options.history,
             )
-            await self.options.sync.start(link)
+            await sync.start(link)
+            if self.options.history and sync.assigns_ids:
+                self._registry.use_backplane_ids(sync)
 
     def _bind(self, app: web.Application) -> None:
         if self._app is app:
@@ -328,6 +332,8 @@ class SSEAdapter:
         conn.open(transport, namespace)
         try:
             await conn.run_open_hooks(announce_id=self._bidir)
+            if conn.replaying:
+                await conn.replay()
             if await conn.ended:  # True: a graceful end
                 await conn.end_stream(request, response)
         finally:

@@ -4,7 +4,8 @@ topics, outbox and (in bidirectional mode) inbox.
 The adapter, the registry and the POST channel work with connections; users
 see only the ``Peer``. A connection's life, driven by the request handler (a task per stream would
 cost memory): ``open`` (join the registry, take over the transport) →
-``run_open_hooks`` → wait for ``ended`` → ``end_stream`` when graceful (drain,
+``run_open_hooks`` → ``replay`` (with history and a ``Last-Event-ID``)
+→ wait for ``ended`` → ``end_stream`` when graceful (drain,
 end the body) → ``close_out`` (the ``close`` hooks, exactly once, in a task
 the adapter owns, so a handler that aiohttp cancels — with
 ``handler_cancellation=True`` — never cancels them half-way).
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._frame import encode_text
+from ._frame import encode_retry, encode_text
+from ._history import parse_id
 from ._hooks import Hooks, run_hooks
 from ._outbox import REASON_LOST, Outbox
 from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer
@@ -41,9 +43,13 @@ class Connection:
         "hooks",
         "inbox",
         "namespace",
+        "opening",
         "outbox",
         "peer",
+        "recovered",
         "registry",
+        "replayed",
+        "replaying",
         "state",
         "topics",
     )
@@ -70,6 +76,12 @@ class Connection:
         self.inbox: Any = None  # the POST channel's state for this peer (_bidir)
         self.outbox = Outbox(registry.scheduler, self, chunked=request.version >= (1, 1))
         self.peer = Peer(self, request, context, peer_id)
+        # Last-Event-ID replay (see ``replay``): while ``replaying``, topics
+        # are recorded but not joined, and the outbox holds what is sent.
+        self.replaying = False
+        self.opening: asyncio.Task[Any] | None = None  # running the open hooks
+        self.recovered: bool | None = None
+        self.replayed: asyncio.Future[bool | None] | None = None
 
     # -- topics -------------------------------------------------------------------
 
@@ -97,7 +109,8 @@ class Connection:
             self.topics = {topics, topic}
         else:
             topics.add(topic)
-        self.namespace.join(topic, self.outbox)
+        if not self.replaying:  # else joined when the replay has caught up
+            self.namespace.join(topic, self.outbox)
 
     def unsubscribe(self, topic: str) -> None:
         if not self.has_topic(topic):
@@ -119,14 +132,85 @@ class Connection:
         self.outbox.attach(transport)
         self.state = ReadyState.OPEN
         self.namespace = self.registry.add(self, namespace)
+        if self.registry.replay_source is not None and self.peer.last_event_id:
+            # From the start, so that nothing published to this peer's
+            # topics is written before the events it missed.
+            self.replaying = True
+            self.outbox.hold()
 
     async def run_open_hooks(self, *, announce_id: bool) -> None:
         """The ``crossws-id`` event (bidirectional mode), then the ``open``
         hooks; a failing one ends the stream gracefully (1011)."""
         if announce_id:
             self.outbox.write_now(encode_text(self.peer.id, event=CROSSWS_ID_EVENT))
-        if not await run_hooks(self.hooks, "open", self.peer):
+        retry = self.registry.options.retry
+        if retry is not None:
+            self.outbox.write_now(encode_retry(retry))
+        self.opening = asyncio.current_task()
+        try:
+            ok = await run_hooks(self.hooks, "open", self.peer)
+        finally:
+            self.opening = None
+        if not ok:
             self.end(CloseDetails(1011, REASON_OPEN_FAILED), graceful=True)
+
+    async def replay(self) -> None:
+        """Write what the client missed on the topics it is subscribed to,
+        with backpressure, then join those topics (live events follow with
+        no gap and no duplicate), then what the hooks sent meanwhile.
+
+        Publishes made while the replay is written reach this peer through
+        the history: the replay goes on until it has caught up, and the
+        topics are joined in the same step. ``recovered`` is then ``True``
+        when nothing the client missed had been evicted."""
+        source = self.registry.replay_source
+        complete = False
+        try:
+            if source is None or self.state != ReadyState.OPEN:
+                return
+            position = parse_id(self.peer.last_event_id)
+            complete = True
+            namespace = self.namespace.name if self.namespace is not None else None
+            while self.state == ReadyState.OPEN:
+                missed = await source.fetch(self.topic_list(), position, namespace, self.peer.id)
+                complete = complete and missed.complete
+                if missed.epoch is not None:
+                    position = (missed.epoch, missed.upto)
+                if missed.frames:
+                    if not await self.outbox.write_with_backpressure(missed.frames):
+                        complete = False
+                        break
+                elif self.state == ReadyState.OPEN and source.caught_up(missed):
+                    break  # caught up: join now, in this very step
+            else:
+                complete = False
+        finally:
+            self._end_replay(complete)
+
+    def _end_replay(self, complete: bool) -> None:
+        if not self.replaying:
+            return
+        self.replaying = False
+        if self.state == ReadyState.OPEN:
+            self.recovered = complete
+            if self.namespace is not None:
+                for topic in self.topic_list():
+                    self.namespace.join(topic, self.outbox)
+        self.outbox.end_hold()
+        if self.replayed is not None and not self.replayed.done():
+            self.replayed.set_result(self.recovered)
+
+    async def wait_replayed(self) -> bool | None:
+        if not self.replaying:
+            return self.recovered
+        if self.opening is not None and asyncio.current_task() is self.opening:
+            raise RuntimeError(
+                "wait_recovered() in the open hook would wait forever: the replay runs "
+                "after open returns (await it in a task the hook starts)"
+            )
+        if self.replayed is None:
+            self.replayed = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self.replayed)
 
     async def end_stream(self, request: web.Request, response: web.StreamResponse) -> None:
         """A graceful end: write what is queued, then end the body."""
@@ -149,6 +233,7 @@ class Connection:
         handler never cancels them; the handler waits for them unless it is
         itself cancelled."""
         self.end(CloseDetails(None, REASON_LOST), graceful=False)
+        self._end_replay(False)  # a replay that never ran (its waiters return None)
         self.outbox.detach()
         await asyncio.shield(spawn(self.finalize()))
 
@@ -167,6 +252,8 @@ class Connection:
         self.registry.remove(self)
         if not graceful:
             self.outbox.abort()
+        elif self.replaying:
+            self.outbox.end_hold()  # a replay still being written gives up
         if not self.ended.done():
             self.ended.set_result(graceful)
 

@@ -17,6 +17,7 @@ __all__ = [
     "KEEPALIVE_FRAME",
     "encode_comment",
     "encode_event",
+    "encode_published",
     "encode_text",
     "to_text",
     "unchunk",
@@ -95,6 +96,19 @@ def encode_text(
         if retry < 0:
             raise ValueError(f"retry must not be negative: {retry}")
         head += f"retry: {retry}\n"
+    if "\n" in text or "\r" in text:
+        body = "".join("data: " + line + "\n" for line in _LINE_BREAK.split(text))
+    else:
+        body = "data: " + text + "\n"
+    return _chunk((head + body + "\n").encode("utf-8"))
+
+
+def encode_published(text: str, *, event: str | None, id: str) -> bytes:
+    """``encode_text`` for a published event with an id: ``id:`` without
+    the optional space, since every subscriber's stream carries that line."""
+    head = "id:" + _check_field("id", id) + "\n"
+    if event is not None:
+        head += "event: " + _check_field("event", event) + "\n"
     if "\n" in text or "\r" in text:
         body = "".join("data: " + line + "\n" for line in _LINE_BREAK.split(text))
     else:

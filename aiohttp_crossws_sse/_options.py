@@ -47,6 +47,11 @@ class Options:
     namespace: Callable[[web.Request], str] | None = None
     sync: Any = None
     history: int = 0
+    #: Seconds an event stays in the history (None: until evicted by count).
+    history_max_age: float | None = None
+    #: Milliseconds a client waits before reconnecting: a ``retry:`` line sent
+    #: once at the start of every stream (None: none, the browser's default).
+    retry: int | None = None
     shutdown_retry: int | None = None
     shutdown_timeout: float = 5.0
     retry_after: int = 5
@@ -89,10 +94,10 @@ class Options:
                     f"not {type(self.sync).__name__}"
                 )
         _integer("history", self.history, minimum=0)
-        if self.history:
-            raise ValueError(
-                "option 'history': Last-Event-ID replay is not available yet; leave it at 0"
-            )
+        _number("history_max_age", self.history_max_age, allow_none=True)
+        if self.history_max_age is not None and not self.history:
+            raise ValueError("option 'history_max_age' needs 'history' (events kept per topic)")
+        _integer("retry", self.retry, allow_none=True, minimum=0)
         _integer("shutdown_retry", self.shutdown_retry, allow_none=True, minimum=0)
         _number("shutdown_timeout", self.shutdown_timeout)
         _integer("retry_after", self.retry_after, minimum=0)

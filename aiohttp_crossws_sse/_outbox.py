@@ -22,6 +22,13 @@ order is exactly the order of the calls.
 What is held for a peer — its queue plus the transport's own write buffer —
 is bounded by ``max_buffer`` (plus at most one frame), whatever the timing of
 the sends: beyond it the ``slow_consumer`` policy applies.
+
+A Last-Event-ID replay ``hold``s the outbox: its queue is not flushed (what
+the hooks send waits), and the replay is written ahead of it by
+``write_with_backpressure``, which waits for a slow client instead of
+applying the policy. A replaying peer joins no ``Fanout`` until its replay
+has caught up (``Connection.replay``), so the fan-out never meets a holding
+outbox and its fast path is unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ _COALESCE = EAGER_WRITE
 # A topic's batch is written out (and started afresh) once it holds this
 # much, or what max_buffer leaves room for, if less.
 _SEGMENT = 256 * 1024
+# A replay leaves in writes of about this many bytes.
+_REPLAY_WRITE = 64 * 1024
 
 
 class Owner(Protocol):
@@ -128,6 +137,7 @@ class Outbox(Forwarder):
         "chunked",
         "discarded",
         "dropped",
+        "holding",
         "owner",
         "paused",
         "queue",
@@ -153,6 +163,8 @@ class Outbox(Forwarder):
         self.paused = False
         self.discarded = False  # ended with what was held thrown away
         self.dropped = 0  # events discarded by the "drop-oldest" policy
+        # A replay is being written: the queue waits behind it (see hold()).
+        self.holding = False
         self.stall_timer: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         # The topic batch this outbox takes whole at the end of the iteration
@@ -192,7 +204,13 @@ class Outbox(Forwarder):
     def write_or_queue(self, frame: bytes) -> None:
         """Write now when nothing is queued before ``frame`` and the transport
         takes data; otherwise queue it."""
-        if not self.queue and not self.paused and self.chunked and self.batch is None:
+        if (
+            not self.queue
+            and not self.paused
+            and self.chunked
+            and self.batch is None
+            and not self.holding
+        ):
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 transport.write(frame)
@@ -226,7 +244,7 @@ class Outbox(Forwarder):
     def flush(self) -> None:
         """Hand every queued frame to the transport (when it takes data), small ones joined."""
         queue = self.queue
-        if not queue or self.paused:
+        if not queue or self.paused or self.holding:
             return
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -254,25 +272,67 @@ class Outbox(Forwarder):
                 transport.write(b"".join(queue[start:]))
         self._wake()
 
-    async def write_with_backpressure(self, frames: Iterable[bytes]) -> bool:
-        """Write ``frames`` after what is queued, waiting while the client is
-        slow instead of applying the slow-consumer policy (for replays).
-        Returns ``False`` if the stream ended first."""
+    def hold(self) -> None:
+        """From now on queue everything (nothing is flushed) until
+        ``end_hold``: a replay is written ahead of it with
+        ``write_with_backpressure``."""
         if self.batch is not None:
             self.batch.release(self)
+        self.holding = True
+
+    def end_hold(self) -> None:
+        """End ``hold``: what was queued meanwhile follows the replay."""
+        if not self.holding:
+            return
+        self.holding = False
+        if self.queue:
+            self.sched.mark(self)
+        self._wake()
+
+    async def write_with_backpressure(self, frames: Iterable[bytes]) -> bool:
+        """Write ``frames`` after what is queued (ahead of it while holding),
+        waiting while the client is slow instead of applying the
+        slow-consumer policy (for replays). Frames leave joined in writes of
+        about ``_REPLAY_WRITE`` bytes, and the loop runs other callbacks
+        between two writes. Returns ``False`` if the stream ended first."""
+        if self.batch is not None:
+            self.batch.release(self)
+        held = self.holding
+        limit = min(_REPLAY_WRITE, self.sched.max_buffer)
+        chunk: list[bytes] = []
+        size = 0
         for frame in frames:
-            while self.queue or self.paused:
-                transport = self.transport
-                if transport is None or transport.is_closing() or self.discarded:
+            if not self.chunked:
+                frame = unchunk(frame)
+            chunk.append(frame)
+            size += len(frame)
+            if size >= limit:
+                if not await self._write_through(chunk, held):
                     return False
-                if self.paused:
-                    await self._progress()
-                else:
-                    self.flush()
+                chunk = []
+                size = 0
+        return not chunk or await self._write_through(chunk, held)
+
+    async def _write_through(self, chunk: list[bytes], held: bool) -> bool:
+        """Write ``chunk`` once the transport takes data; ``False`` when the
+        stream ended first, or the hold it was written under ended."""
+        while self.paused or (self.queue and not self.holding):
             transport = self.transport
-            if transport is None or transport.is_closing():
+            if transport is None or transport.is_closing() or self.discarded:
                 return False
-            transport.write(frame if self.chunked else unchunk(frame))
+            if held and not self.holding:
+                return False
+            if self.paused:
+                await self._progress()
+            else:
+                self.flush()
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.discarded:
+            return False
+        if held and not self.holding:
+            return False
+        transport.write(chunk[0] if len(chunk) == 1 else b"".join(chunk))
+        await asyncio.sleep(0)  # let the other peers' writes in between
         return True
 
     async def wait_for_drain(self, threshold: int, timeout: float | None) -> bool:
@@ -296,6 +356,7 @@ class Outbox(Forwarder):
         seen: ``wait_for_drain`` then says ``False``); abort after ``timeout``."""
         if self.batch is not None:
             self.batch.release(self)
+        self.holding = False  # a replay cut short: what is queued still goes
         transport = self.transport
         if transport is None:
             return

@@ -117,8 +117,23 @@ class Peer:
 
     @property
     def recovered(self) -> bool | None:
-        """Replay outcome; ``None`` without history (replay is not enabled yet)."""
-        return None
+        """The outcome of the ``Last-Event-ID`` replay (option ``history``).
+
+        ``None`` without history, without a ``Last-Event-ID``, and until the
+        replay of the topics subscribed by the end of ``open`` has been
+        written (it runs after ``open`` returns); then ``True`` when every
+        event the client missed was replayed, ``False`` when some may be
+        lost (the id is unknown, garbage, from a lost history, or events
+        after it were evicted) — the app may then send a full refresh.
+        See ``wait_recovered``."""
+        return self._conn.recovered
+
+    async def wait_recovered(self) -> bool | None:
+        """Wait until the replay has been written; returns ``recovered``
+        (``None`` at once when there is no replay, or if the peer closed
+        first). Await it in a task the ``open`` hook starts, not in ``open``
+        itself: the replay runs after ``open`` returns."""
+        return await self._conn.wait_replayed()
 
     @property
     def buffered_amount(self) -> int:

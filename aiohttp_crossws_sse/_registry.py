@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from ._frame import KEEPALIVE_FRAME, encode_text, to_text
+from ._frame import KEEPALIVE_FRAME, encode_published, encode_text, to_text
+from ._history import History, ReplaySource
 from ._outbox import Fanout, Scheduler
 from .sync.base import Relayed
 
@@ -100,6 +101,16 @@ class Registry:
         self.scheduler = Scheduler(options, self.stats)
         self.connections: dict[str, Connection] = {}
         self.namespaces: dict[str, Namespace] = {}
+        #: Event ids and replay (option ``history``); ``None`` when off.
+        self.history: History | None = (
+            History(options.history, options.history_max_age) if options.history else None
+        )
+        #: What a Last-Event-ID replay reads: ``history``, or the backplane
+        #: when it keeps the cluster's history (``Sync.assigns_ids``).
+        self.replay_source: ReplaySource | None = self.history
+        #: The backplane assigns ids: a publish is delivered here when it
+        #: comes back from the backplane with its id (``use_backplane_ids``).
+        self.backplane_ids = False
         self._keepalive_handle: asyncio.TimerHandle | None = None
 
     # -- membership ---------------------------------------------------------
@@ -134,6 +145,13 @@ class Registry:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
 
+    def use_backplane_ids(self, source: ReplaySource) -> None:
+        """The backplane keeps the cluster's history and gives the ids
+        (``Sync.assigns_ids``): it is the replay source from now on."""
+        self.backplane_ids = True
+        self.history = None
+        self.replay_source = source
+
     def topic_count(self) -> int:
         return sum(len(ns.topics) for ns in self.namespaces.values())
 
@@ -154,8 +172,32 @@ class Registry:
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str or None, not {type(namespace).__name__}")
         text = to_text(data)
-        self._deliver(topic, encode_text(text, event=event), namespace, sender)
         sync = self.options.sync
+        if self.backplane_ids:
+            if event is not None:
+                encode_text("", event=event)  # a bad event name raises here, not on delivery
+            message = Relayed(
+                topic,
+                text,
+                event=event,
+                namespace=namespace,
+                sender=sender.peer.id if sender is not None else None,
+            )
+            try:
+                sync.publish(message)
+            except Exception as exc:  # local peers are still served (no id)
+                self.deliver_relayed(message)
+                if self._on_relay_error is not None:
+                    self._on_relay_error(sender.peer if sender is not None else None, exc)
+            return
+        history = self.history
+        if history is None:
+            frame = encode_text(text, event=event)
+        else:
+            frame = history.record(
+                topic, namespace, text, event, sender.peer.id if sender is not None else None
+            )
+        self._deliver(topic, frame, namespace, sender)
         if sync is not None:
             try:
                 sync.publish(Relayed(topic, text, event=event, namespace=namespace))
@@ -165,8 +207,16 @@ class Registry:
 
     def deliver_relayed(self, message: Relayed) -> None:
         """A publish made by another instance: local subscribers only, never relayed."""
-        frame = encode_text(message.data, event=message.event, id=message.id)
-        self._deliver(message.topic, frame, message.namespace, None)
+        history = self.history
+        if history is not None and message.id is None:
+            # ids of this instance's history (other instances give their own)
+            frame = history.record(message.topic, message.namespace, message.data, message.event)
+        elif message.id is not None:
+            frame = encode_published(message.data, event=message.event, id=message.id)
+        else:
+            frame = encode_text(message.data, event=message.event)
+        sender = self.connections.get(message.sender) if message.sender is not None else None
+        self._deliver(message.topic, frame, message.namespace, sender)
 
     def _deliver(
         self, topic: str, frame: bytes, namespace: str | None, sender: Connection | None

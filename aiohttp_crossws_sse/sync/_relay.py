@@ -38,6 +38,7 @@ __all__ = ["RelaySync", "redact"]
 logger = logging.getLogger("aiohttp_crossws_sse.sync")
 
 VERSION = "1"
+VERSION_IDS = "2"  # body: "<epoch> <first seq>\n" + JSON of (topic, namespace, event, data, sender)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _decode = json.loads
 # bytes a message adds to a body beyond its strings: quotes, commas, nulls
@@ -324,12 +325,16 @@ class RelaySync(Sync):
 
     def accept(self, envelope: str) -> str | None:
         """The body of a received envelope, or ``None`` for this instance's own
-        (echo) and for a malformed one (reported). Notes missed envelopes."""
+        (echo) and for a malformed one (reported). Notes missed envelopes.
+
+        Envelopes of version ``2`` (a backend that assigns event ids) are
+        accepted too, this instance's own included: ids are assigned by the
+        backplane, so every instance delivers every publish from there."""
         if envelope.startswith(self._own):
             return None
         newline = envelope.find("\n")
         space = envelope.find(" ", 0, newline)
-        if not envelope.startswith(VERSION) or space < 0:
+        if not envelope.startswith((VERSION, VERSION_IDS)) or space < 0:
             self._malformed(envelope, None)
             return None
         sender = envelope[1:space]
@@ -401,18 +406,26 @@ class RelaySync(Sync):
             data_bytes, self._pending_bytes = self._pending_bytes, 0
             if batch:
                 if self._up:
-                    envelopes = self.pack(batch, data_bytes)
                     try:
                         async with asyncio.timeout(self.send_timeout):
-                            await self._send(envelopes)
+                            await self._send_batch(batch, data_bytes)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
                         self._lost(len(batch), exc)
+                        self._unsent(batch)
                 else:
                     self._lost(len(batch), self._down_cause)
+                    self._unsent(batch)
             if self._closing and not self._pending:
                 return
+
+    async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
+        """Send one loop iteration's publishes (a backend may override)."""
+        await self._send(self.pack(batch, data_bytes))
+
+    def _unsent(self, batch: list[Relayed]) -> None:
+        """``batch`` could not be relayed (already reported as lost)."""
 
     # -- the listener ------------------------------------------------------------------
 

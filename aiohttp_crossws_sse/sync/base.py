@@ -14,7 +14,9 @@ class Relayed:
     """One publish as it travels between instances: text, not an encoded frame.
 
     ``namespace`` ``None`` means every namespace; ``id`` is the cluster-wide
-    event id when the backplane assigns one (history in a cluster).
+    event id when the backplane assigns one (history in a cluster); ``sender``
+    the id of the peer that published it, when the backplane hands an
+    instance its own publishes back (that peer does not get it).
     """
 
     topic: str
@@ -22,6 +24,7 @@ class Relayed:
     event: str | None = None
     namespace: str | None = None
     id: str | None = None
+    sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +38,15 @@ class SyncLink:
     subscribers. ``report``: a failure the backend met later, in the
     background (a dropped connection, a reconnect that failed); the adapter
     logs it and runs the ``error`` hooks with ``peer`` ``None``.
+    ``history``: the adapter's ``history`` option (events kept per topic;
+    ``0``: off); a backend that can keep the cluster's history sets
+    ``assigns_ids`` when it is on.
     """
 
     instance_id: str
     deliver: Callable[[Relayed], None]
     report: Callable[[Exception], None]
+    history: int = 0
 
 
 class Sync(ABC):
@@ -52,7 +59,9 @@ class Sync(ABC):
     the same id for the same event.
     """
 
-    #: The backplane gives publishes their cluster-wide ids.
+    #: The backplane gives publishes their cluster-wide ids (set by ``start``
+    #: when ``SyncLink.history`` is on and the backend keeps a history); it is
+    #: then also the adapter's replay source (``fetch``, ``caught_up``).
     assigns_ids: bool = False
 
     @abstractmethod

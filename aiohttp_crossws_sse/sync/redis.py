@@ -8,6 +8,7 @@ installed).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from redis.asyncio import Redis
@@ -15,9 +16,61 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._relay import RelaySync, redact
+from .._frame import encode_published
+from .._history import Replay, format_id, new_epoch
+from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, redact
+from .base import Relayed, SyncLink
 
 __all__ = ["RedisSync"]
+
+# Publishing with history, atomically: take the epoch (a new one if Redis
+# lost it), take n consecutive seqs, add each event to its topic's stream
+# (id 0-<seq>, trimmed to the newest ARGV[2]), and publish the envelope with
+# the epoch and the first seq — so pub/sub order is seq order.
+# The newest seq a topic's trimming evicted is kept in a hash (a stream's
+# own max-deleted-entry-id counts XDEL only, not trimming).
+# KEYS: epoch, seq, evicted. ARGV: epoch candidate, maxlen, channel, header,
+# body, stream key prefix, then (topic, record) per event.
+_PUBLISH = r"""
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local n = (#ARGV - 6) / 2
+local last = redis.call('INCRBY', KEYS[2], n)
+local first = last - n + 1
+local maxlen = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local key = ARGV[6] .. ARGV[7 + 2 * i]
+  local trim = redis.call('XLEN', key) + 1 - maxlen
+  if trim > 0 then
+    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', trim)
+    redis.call('HSET', KEYS[3], ARGV[7 + 2 * i], gone[#gone][1])
+  end
+  redis.call('XADD', key, 'MAXLEN', maxlen, '0-' .. (first + i), 'r', ARGV[8 + 2 * i])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. epoch .. ' ' .. first .. '\n' .. ARGV[5])
+return first
+"""
+
+# Reading a replay: the epoch, the newest seq, then per topic the newest
+# evicted seq and the entries in (ARGV[2], ARGV[3]].
+# KEYS: epoch, seq, evicted. ARGV: stream key prefix, after, upto, topics...
+_FETCH = r"""
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0'}
+for i = 4, #ARGV do
+  local key = ARGV[1] .. ARGV[i]
+  local deleted = redis.call('HGET', KEYS[3], ARGV[i]) or '0-0'
+  local entries = {}
+  if tonumber(ARGV[3]) > tonumber(ARGV[2]) then
+    entries = redis.call('XRANGE', key, '(0-' .. ARGV[2], '0-' .. ARGV[3])
+  end
+  out[#out + 1] = deleted
+  out[#out + 1] = entries
+end
+return out
+"""
 
 
 class RedisSync(RelaySync):
@@ -98,6 +151,14 @@ class RedisSync(RelaySync):
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
+        # History (SyncLink.history > 0): keys, and the position of the
+        # newest publish delivered here (epoch, seq).
+        self._history = 0
+        self._keys = (f"{channel}:epoch", f"{channel}:seq", f"{channel}:evicted")
+        self._streams = f"{channel}:history:"
+        self._live: tuple[str | None, int] = (None, 0)
+        self._publish_script: Any = None
+        self._fetch_script: Any = None
 
     def describe(self) -> str:
         if self._url is not None:
@@ -110,6 +171,166 @@ class RedisSync(RelaySync):
             else:
                 where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         return f"Redis at {where}, channel {self.channel!r}"
+
+    # -- history (cluster-wide ids) -----------------------------------------------------
+
+    async def start(self, link: SyncLink) -> None:
+        self._history = link.history
+        self.assigns_ids = link.history > 0
+        await super().start(link)
+
+    def publish(self, message: Relayed) -> None:
+        super().publish(message)
+        if self.assigns_ids and not self._up and self._link is not None:
+            # Local peers are still served (without an id: not replayable).
+            self._link.deliver(message)
+
+    def _unsent(self, batch: list[Relayed]) -> None:
+        if self.assigns_ids and self._link is not None:
+            for message in batch:
+                self._link.deliver(message)
+
+    async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
+        if not self.assigns_ids:
+            await super()._send_batch(batch, data_bytes)
+            return
+        client = self._client
+        assert client is not None
+        if self._publish_script is None:
+            self._publish_script = client.register_script(_PUBLISH)
+        candidate = new_epoch()
+        async with client.pipeline(transaction=False) as pipe:
+            for group in self._groups(batch):
+                flat: list[Any] = []
+                args: list[Any] = [candidate, self._history, self.channel, "", "", self._streams]
+                for m in group:
+                    flat += (m.topic, m.namespace, m.event, m.data, m.sender)
+                    args += (m.topic, _ENCODER.encode([m.namespace, m.event, m.data, m.sender]))
+                args[3] = f"{VERSION_IDS}{self._own[1:]}{self._next_seq()}\n"
+                args[4] = _ENCODER.encode(flat)
+                await self._publish_script(keys=self._keys, args=args, client=pipe)
+            await pipe.execute()
+
+    def _groups(self, batch: list[Relayed]) -> list[list[Relayed]]:
+        groups: list[list[Relayed]] = []
+        group: list[Relayed] = []
+        size = 0
+        for m in batch:
+            cost = len(m.topic) + len(m.data) + 64
+            if group and size + cost > self.max_body // 2:  # the data travels twice
+                groups.append(group)
+                group, size = [], 0
+            group.append(m)
+            size += cost
+        if group:
+            groups.append(group)
+        return groups
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def deliver_id_body(self, body: str) -> None:
+        """Hand the publishes of a version-2 body (with ids) to the local peers."""
+        link = self._link
+        if link is None:
+            return
+        newline = body.find("\n")
+        try:
+            epoch, first_text = body[:newline].split(" ")
+            first = int(first_text)
+            flat = json.loads(body[newline + 1 :])
+            if not isinstance(flat, list) or len(flat) % 5:
+                raise ValueError("not a list of (topic, namespace, event, data, sender)")
+        except ValueError as exc:
+            self._malformed(body, exc)
+            return
+        items = iter(flat)
+        seq = first
+        for topic, namespace, event, data, sender in zip(
+            items, items, items, items, items, strict=False
+        ):
+            if (
+                type(topic) is not str
+                or type(data) is not str
+                or type(namespace) not in _OPTIONAL_STR
+                or type(event) not in _OPTIONAL_STR
+                or type(sender) not in _OPTIONAL_STR
+            ):
+                self._malformed(body, None)
+            else:
+                self._live = (epoch, seq)
+                try:
+                    message = Relayed(topic, data, event, namespace, format_id(epoch, seq), sender)
+                    link.deliver(message)
+                except Exception as exc:
+                    self.report(exc)
+            seq += 1
+
+    async def fetch(
+        self,
+        topics: tuple[str, ...],
+        position: tuple[str, int] | None,
+        namespace: str | None,
+        skip_sender: str | None,
+    ) -> Replay:
+        """The cluster's history after ``position`` on ``topics``, up to the
+        newest publish delivered here (see ``Sync.assigns_ids``)."""
+        client = self._client
+        if client is None:
+            return Replay([], False, 0, None)
+        if self._fetch_script is None:
+            self._fetch_script = client.register_script(_FETCH)
+        live_epoch, live_seq = self._live
+        after = position[1] if position is not None and position[0] == live_epoch else 0
+        upto = max(after, live_seq)
+        result = await self._fetch_script(
+            keys=self._keys, args=[self._streams, after, live_seq, *topics]
+        )
+        epoch = _text(result[0])
+        newest = int(result[1])
+        if not epoch:  # Redis lost everything (restarted without persistence)
+            return Replay([], False, 0, None)
+        if position is not None and position[0] == epoch and position[1] > newest:
+            return Replay([], False, 0, epoch)  # never issued: from the start
+        complete = position is not None and position[0] == epoch
+        if epoch != live_epoch or after > live_seq:
+            # This instance has not yet delivered what the cluster published
+            # (a new epoch, or the client came from an instance ahead of it).
+            await asyncio.sleep(0.005)
+            return Replay([], complete, upto, epoch)
+        runs: list[tuple[int, bytes]] = []
+        for i in range(2, len(result), 2):
+            deleted = int(_text(result[i]).split("-")[1])
+            if deleted > after:
+                complete = False
+            for entry_id, fields in result[i + 1]:
+                seq = int(_text(entry_id).split("-")[1])
+                ns, event, data, sender = json.loads(fields[1])
+                if (ns is None or ns == namespace) and (sender is None or sender != skip_sender):
+                    frame = encode_published(data, event=event, id=format_id(epoch, seq))
+                    runs.append((seq, frame))
+        runs.sort(key=lambda item: item[0])
+        return Replay([frame for _, frame in runs], complete, upto, epoch)
+
+    def caught_up(self, replay: Replay) -> bool:
+        if replay.epoch is None:
+            return True  # nothing is held: live delivery starts with the next publish
+        # live delivery continues right after replay.upto
+        return (replay.epoch, replay.upto) == self._live
+
+    async def _read_position(self) -> None:
+        """Where the cluster's history stands (after subscribing: what is
+        published from now on is delivered here)."""
+        client = self._client
+        if client is None:
+            return
+        epoch, seq = await client.mget(list(self._keys[:2]))
+        if epoch is not None:
+            live_epoch, live_seq = self._live
+            seq_n = int(seq or 0)
+            if _text(epoch) != live_epoch or seq_n > live_seq:
+                self._live = (_text(epoch), seq_n)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -155,6 +376,8 @@ class RedisSync(RelaySync):
             if message["type"] == "subscribe":
                 break
         self._silently_reconnected = False
+        if self._history:
+            await self._read_position()
         if pubsub.connection is not None:
             # a client with a retry policy may reconnect (and resubscribe) inside
             # redis-py: notice it, since what was published meanwhile is lost
@@ -203,7 +426,14 @@ class RedisSync(RelaySync):
                     data = data.decode(errors="replace")  # garbage is reported, not fatal
                 body = self.accept(data)
                 if body is not None:
-                    self.deliver_body(body)
+                    if data.startswith(VERSION_IDS):
+                        self.deliver_id_body(body)
+                    else:
+                        self.deliver_body(body)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _passthrough(response: Any) -> Any:

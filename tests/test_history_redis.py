@@ -1,0 +1,349 @@
+"""History in a cluster: ``RedisSync`` keeps it in Redis Streams and gives the
+ids, so a client resumes on any instance — against a real ``redis-server``,
+two adapters each behind its own real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from aiohttp_crossws_sse import Peer, SSEAdapter, define_hooks, sse_adapter
+from aiohttp_crossws_sse.testing import ServerSentEvent
+from tests.backplanes import (  # noqa: F401
+    FAST_OPTIONS,
+    RedisServer,
+    own_redis_server_fixture,
+    redis_server_fixture,
+)
+from tests.conftest import EventReader, wait_until
+
+pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
+from aiohttp_crossws_sse.sync import RedisSync
+
+
+class Instance:
+    def __init__(self, url: str, channel: str, history: int) -> None:
+        self.peers: dict[str, Peer] = {}
+
+        def open_(peer: Peer) -> None:
+            self.peers[peer.request.query.get("name", "")] = peer
+            for topic in peer.request.query.get("topics", "t").split(","):
+                peer.subscribe(topic)
+            if "publish" in peer.request.query:
+                peer.publish("t", peer.request.query["publish"])
+
+        self.sse: SSEAdapter = sse_adapter(
+            define_hooks(open=open_),
+            history=history,
+            sync=RedisSync(url, channel=channel, **FAST_OPTIONS),
+        )
+        self.app = web.Application()
+        self.sse.setup(self.app, "/sse")
+        self.client: Any = None
+
+    async def serve(self, aiohttp_client: Any) -> Instance:
+        self.client = await aiohttp_client(self.app)
+        return self
+
+    async def stream(self, name: str, last_id: str | None = None, **query: str) -> EventReader:
+        headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+        resp = await self.client.get("/sse", params={"name": name, **query}, headers=headers)
+        assert resp.status == 200
+        await wait_until(lambda: name in self.peers and self.peers[name].ready_state == 1)
+        return EventReader(resp)
+
+
+async def two_instances(url: str, aiohttp_client: Any, history: int = 2000) -> list[Instance]:
+    channel = f"history-{uuid.uuid4()}"
+    return [await Instance(url, channel, history).serve(aiohttp_client) for _ in range(2)]
+
+
+async def test_every_instance_sends_the_same_ids(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    a, b = await two_instances(redis_server.url, aiohttp_client)
+    on_a = await a.stream("x")
+    on_b = await b.stream("y")
+    for i in range(5):
+        a.sse.publish("t", str(i))
+    b.sse.publish("t", "from b")
+    got_a = await on_a.take(6)
+    got_b = await on_b.take(6)
+    assert [(e.id, e.data) for e in got_a] == [(e.id, e.data) for e in got_b]
+    # each instance's publishes in its order; the two instances' interleave as Redis got them
+    assert [e.data for e in got_a if e.data != "from b"] == ["0", "1", "2", "3", "4"]
+    assert "from b" in [e.data for e in got_a]
+    assert len({e.id for e in got_a}) == 6 and all(e.id for e in got_a)
+    on_a.response.close()
+    on_b.response.close()
+
+
+async def test_the_publisher_does_not_get_its_own_publish(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    a, b = await two_instances(redis_server.url, aiohttp_client)
+    watcher = await b.stream("w")
+    author = await a.stream("p", publish="hello")
+    assert (await watcher.next()).data == "hello"
+    a.sse.publish("t", "next")
+    assert (await author.next()).data == "next"  # not its own "hello"
+    watcher.response.close()
+    author.response.close()
+
+
+async def test_cut_on_one_instance_resume_on_the_other(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    a, b = await two_instances(redis_server.url, aiohttp_client)
+    first = await a.stream("first")
+    for i in range(1, 401):
+        a.sse.publish("t", str(i))
+    got = [await first.next() for _ in range(300)]
+    connection = first.response.connection
+    assert connection is not None and connection.transport is not None
+    connection.transport.abort()
+    first.response.close()
+    await wait_until(lambda: not a.sse.peers)
+    for i in range(401, 701):
+        a.sse.publish("t", str(i))
+
+    async def keep_publishing() -> None:
+        for i in range(701, 1001):
+            a.sse.publish("t", str(i))
+            await asyncio.sleep(0)
+
+    publisher = asyncio.get_running_loop().create_task(keep_publishing())
+    second = await b.stream("second", got[-1].id)
+    rest: list[ServerSentEvent] = []
+    while not rest or rest[-1].data != "1000":
+        rest.append(await second.next(timeout=10))
+    await publisher
+    assert [int(e.data) for e in got + rest] == list(range(1, 1001))
+    assert len({e.id for e in got + rest}) == 1000
+    await wait_until(lambda: b.peers["second"].recovered is not None)
+    assert b.peers["second"].recovered is True
+    b.sse.publish("t", "live")
+    assert (await second.next()).data == "live"
+    second.response.close()
+
+
+async def test_evicted_in_redis_is_not_recovered(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    a, b = await two_instances(redis_server.url, aiohttp_client, history=5)
+    first = await a.stream("first")
+    a.sse.publish("t", "1")
+    last = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not a.sse.peers)
+    for i in range(2, 12):
+        a.sse.publish("t", str(i))
+    watcher = await b.stream("watcher")  # b has delivered them all once this sees "end"
+    a.sse.publish("t", "end")
+    while (await watcher.next()).data != "end":
+        pass
+    second = await b.stream("second", last)
+    assert [e.data for e in await second.take(5)] == ["8", "9", "10", "11", "end"]
+    await wait_until(lambda: b.peers["second"].recovered is not None)
+    assert b.peers["second"].recovered is False
+    watcher.response.close()
+    second.response.close()
+
+
+async def test_redis_restarted_without_persistence_is_not_recovered(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    a, b = await two_instances(own_redis_server.url, aiohttp_client)
+    first = await a.stream("first")
+    a.sse.publish("t", "before")
+    last = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not a.sse.peers)
+    own_redis_server.kill()
+    own_redis_server.start()
+    watcher = await b.stream("watcher")
+
+    for _ in range(60):  # until the cluster relays again (with a new epoch)
+        a.sse.publish("t", "after")
+        try:
+            if (await watcher.next(timeout=0.5)).data == "after":
+                break
+        except AssertionError:
+            pass
+    else:
+        pytest.fail("the cluster did not relay again after Redis restarted")
+    second = await b.stream("second", last)
+    await wait_until(lambda: b.peers["second"].recovered is not None, timeout=10)
+    assert b.peers["second"].recovered is False
+    event = await second.next()
+    assert event.data == "after" and event.id.split("-")[0] != last.split("-")[0]
+    watcher.response.close()
+    second.response.close()
+
+
+# -- across processes ------------------------------------------------------------------
+
+
+class HistoryNode:
+    """This module run as a cluster instance (see ``node_main``), by its PID."""
+
+    def __init__(self, url: str, channel: str, history: int) -> None:
+        config = json.dumps({"url": url, "channel": channel, "history": history})
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_history_redis", config],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            line = self.proc.stdout.readline() if sel.select(30) else b""
+        if not line.startswith(b"port="):
+            self.stop()
+            raise RuntimeError(f"node did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line[5:])}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
+
+    async def publish(self, session: aiohttp.ClientSession, start: int, n: int, **q: str) -> None:
+        params = {"start": str(start), "n": str(n), **q}
+        async with session.get(self.url + "/publish", params=params) as response:
+            assert response.status == 200
+
+    async def peer(self, session: aiohttp.ClientSession, name: str) -> dict[str, Any]:
+        """``{"open": bool, "recovered": bool | None}`` of the peer called ``name``."""
+        async with session.get(self.url + "/recovered", params={"name": name}) as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+
+async def test_across_processes_resume_on_the_other_instance(redis_server: RedisServer) -> None:
+    channel = f"history-{uuid.uuid4()}"
+    a = HistoryNode(redis_server.url, channel, 2000)
+    try:
+        b = HistoryNode(redis_server.url, channel, 2000)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = EventReader(await session.get(a.url + "/sse?name=first"))
+            await wait_until(lambda: _open(a.peer(session, "first")), timeout=10, what="first open")
+            await a.publish(session, 1, 400)
+            got = [await first.next() for _ in range(300)]
+            connection = first.response.connection
+            assert connection is not None and connection.transport is not None
+            connection.transport.abort()
+            first.response.close()
+            await a.publish(session, 401, 300)
+            publisher = asyncio.ensure_future(a.publish(session, 701, 300, spread="1"))
+            second = EventReader(
+                await session.get(b.url + "/sse?name=second", headers={"Last-Event-ID": got[-1].id})
+            )
+            rest: list[ServerSentEvent] = []
+            while not rest or rest[-1].data != "1000":
+                rest.append(await second.next(timeout=10))
+            await publisher
+            assert [int(e.data) for e in got + rest] == list(range(1, 1001))
+            assert len({e.id for e in got + rest}) == 1000
+            state = await wait_until(
+                lambda: _replayed(b.peer(session, "second")), timeout=10, what="the replay"
+            )
+            assert state["recovered"] is True
+            second.response.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _open(state: Any) -> bool:
+    return bool((await state)["open"])
+
+
+async def _replayed(state: Any) -> dict[str, Any] | None:
+    result: dict[str, Any] = await state
+    return result if result["recovered"] is not None else None
+
+
+def node_main(config: dict[str, Any]) -> None:
+    """One cluster instance: ``GET /sse?name=`` (subscribed to ``t``),
+    ``GET /publish?start=&n=&spread=`` (publishes ``str(i)``),
+    ``GET /recovered?name=`` (``{"recovered": ...}``, ``false``-y ``open``
+    until that peer is open)."""
+    peers: dict[str, Peer] = {}
+
+    def open_(peer: Peer) -> None:
+        peers[peer.request.query.get("name", "")] = peer
+        peer.subscribe("t")
+
+    sse = sse_adapter(
+        define_hooks(open=open_),
+        history=config["history"],
+        sync=RedisSync(config["url"], channel=config["channel"], **FAST_OPTIONS),
+    )
+
+    async def publish(request: web.Request) -> web.Response:
+        start, n = int(request.query["start"]), int(request.query["n"])
+        for i in range(start, start + n):
+            sse.publish("t", str(i))
+            if request.query.get("spread"):
+                await asyncio.sleep(0)
+        return web.Response(text="ok")
+
+    async def recovered(request: web.Request) -> web.Response:
+        peer = peers.get(request.query["name"])
+        if peer is None or peer.ready_state != 1:
+            return web.json_response({"recovered": None, "open": False})
+        return web.json_response({"recovered": peer.recovered, "open": True})
+
+    async def main() -> None:
+        app = web.Application()
+        sse.setup(app, "/sse")
+        app.router.add_get("/publish", publish)
+        app.router.add_get("/recovered", recovered)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"port={port}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+if __name__ == "__main__":
+    node_main(json.loads(sys.argv[1]))
