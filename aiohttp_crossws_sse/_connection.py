@@ -43,13 +43,10 @@ class Connection:
         "hooks",
         "inbox",
         "namespace",
-        "opening",
         "outbox",
         "peer",
-        "recovered",
         "registry",
-        "replayed",
-        "replaying",
+        "replay_state",
         "state",
         "topics",
     )
@@ -76,12 +73,22 @@ class Connection:
         self.inbox: Any = None  # the POST channel's state for this peer (_bidir)
         self.outbox = Outbox(registry.scheduler, self, chunked=request.version >= (1, 1))
         self.peer = Peer(self, request, context, peer_id)
-        # Last-Event-ID replay (see ``replay``): while ``replaying``, topics
-        # are recorded but not joined, and the outbox holds what is sent.
-        self.replaying = False
-        self.opening: asyncio.Task[Any] | None = None  # running the open hooks
-        self.recovered: bool | None = None
-        self.replayed: asyncio.Future[bool | None] | None = None
+        # Last-Event-ID replay (see ``replay``), one slot for all its states:
+        # None (none); while pending, the future set when it is done and the
+        # task running the open hooks (topics are recorded but not joined,
+        # the outbox holds what is sent); then the outcome (``recovered``).
+        self.replay_state: (
+            tuple[asyncio.Future[bool | None], asyncio.Task[Any] | None] | bool | None
+        ) = None
+
+    @property
+    def replaying(self) -> bool:
+        return isinstance(self.replay_state, tuple)
+
+    @property
+    def recovered(self) -> bool | None:
+        state = self.replay_state
+        return state if isinstance(state, bool) else None
 
     # -- topics -------------------------------------------------------------------
 
@@ -135,7 +142,10 @@ class Connection:
         if self.registry.replay_source is not None and self.peer.last_event_id:
             # From the start, so that nothing published to this peer's
             # topics is written before the events it missed.
-            self.replaying = True
+            self.replay_state = (
+                asyncio.get_running_loop().create_future(),
+                asyncio.current_task(),
+            )
             self.outbox.hold()
 
     async def run_open_hooks(self, *, announce_id: bool) -> None:
@@ -146,11 +156,7 @@ class Connection:
         retry = self.registry.options.retry
         if retry is not None:
             self.outbox.write_now(encode_retry(retry))
-        self.opening = asyncio.current_task()
-        try:
-            ok = await run_hooks(self.hooks, "open", self.peer)
-        finally:
-            self.opening = None
+        ok = await run_hooks(self.hooks, "open", self.peer)
         if not ok:
             self.end(CloseDetails(1011, REASON_OPEN_FAILED), graceful=True)
 
@@ -188,29 +194,34 @@ class Connection:
             self._end_replay(complete)
 
     def _end_replay(self, complete: bool) -> None:
-        if not self.replaying:
+        state = self.replay_state
+        if not isinstance(state, tuple):
             return
-        self.replaying = False
+        done = state[0]
+        outcome = None
         if self.state == ReadyState.OPEN:
-            self.recovered = complete
+            outcome = complete
             if self.namespace is not None:
                 for topic in self.topic_list():
                     self.namespace.join(topic, self.outbox)
+        self.replay_state = outcome
         self.outbox.end_hold()
-        if self.replayed is not None and not self.replayed.done():
-            self.replayed.set_result(self.recovered)
+        if not done.done():
+            done.set_result(outcome)
 
     async def wait_replayed(self) -> bool | None:
-        if not self.replaying:
+        state = self.replay_state
+        if not isinstance(state, tuple):
             return self.recovered
-        if self.opening is not None and asyncio.current_task() is self.opening:
+        done, handler = state
+        # While a replay is pending, the only user code the handler's task
+        # runs is the open hooks (the replay runs after they return).
+        if asyncio.current_task() is handler:
             raise RuntimeError(
                 "wait_recovered() in the open hook would wait forever: the replay runs "
                 "after open returns (await it in a task the hook starts)"
             )
-        if self.replayed is None:
-            self.replayed = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(self.replayed)
+        return await asyncio.shield(done)
 
     async def end_stream(self, request: web.Request, response: web.StreamResponse) -> None:
         """A graceful end: write what is queued, then end the body."""
