@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ._adapter import SSEAdapter, sse_adapter
+from ._adapter import ADAPTER_KEY, SSEAdapter, get_adapter, sse_adapter
 from ._hooks import Hooks, SSEError, define_hooks
 from ._message import Message
 from ._peer import CloseDetails, Peer
 from ._wire import ReadyState
 
 __all__ = [
+    "ADAPTER_KEY",
     "CloseDetails",
     "Hooks",
     "Message",
@@ -17,6 +18,7 @@ __all__ = [
     "SSEAdapter",
     "SSEError",
     "define_hooks",
+    "get_adapter",
     "sse_adapter",
 ]
 

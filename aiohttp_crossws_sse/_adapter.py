@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -26,13 +27,20 @@ from ._hooks import (
     run_upgrade,
     sse_error,
 )
+from ._logs import operator_log
 from ._options import Options
 from ._peer import REASON_SHUTDOWN, CloseDetails, Peer
 from ._registry import PeerView, Registry
 from ._wire import PEER_ID_HEADER, ReadyState
 from .sync.base import SyncLink
 
-__all__ = ["SSEAdapter", "sse_adapter"]
+__all__ = ["ADAPTER_KEY", "SSEAdapter", "get_adapter", "sse_adapter"]
+
+#: Where ``setup`` stores the adapter on the app (``app[ADAPTER_KEY]``); see
+#: ``get_adapter``.
+ADAPTER_KEY: web.AppKey[SSEAdapter] = web.AppKey("aiohttp_crossws_sse.adapter")
+# Keys that more than one adapter of an app was set up under.
+_SHARED_KEYS: web.AppKey[set[str]] = web.AppKey("aiohttp_crossws_sse.shared_keys")
 
 
 class _EventStream(EventSourceResponse):
@@ -72,6 +80,8 @@ class SSEAdapter:
         #: Unique per adapter; backplanes drop what they relayed themselves.
         self.instance_id = str(uuid.uuid4())
         self._app: web.Application | None = None  # the app whose lifecycle we follow
+        #: The route of the first ``setup(app, path)`` (``None`` until then).
+        self.path: str | None = None
         self._unbound_warned = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -91,19 +101,34 @@ class SSEAdapter:
         return self._bidir
 
     def setup(
-        self, app: web.Application, path: str | None = None, **route_kwargs: Any
+        self,
+        app: web.Application,
+        path: str | None = None,
+        *,
+        app_key: web.AppKey[SSEAdapter] = ADAPTER_KEY,
+        **route_kwargs: Any,
     ) -> list[web.AbstractRoute]:
         """Tie the adapter to ``app``'s lifecycle (startup: connect the
-        backplane; shutdown: close every peer gracefully) and, given ``path``,
-        register the stream route (and the message route with ``bidir``) on
-        it. Returns the routes registered.
+        backplane; shutdown: close every peer gracefully), store it as
+        ``app[app_key]`` (see ``get_adapter``) and, given ``path``, register
+        the stream route (and the message route with ``bidir``) on it.
+        Returns the routes registered.
 
         ``sse.setup(app)`` without a path is the one line ``handler`` users
         need. An adapter follows one app: a second app raises ``RuntimeError``.
+        Several adapters on one app need an ``app_key`` each to be found
+        with ``get_adapter``.
         """
         self._bind(app)
+        held = app.get(app_key)
+        if held is None:
+            app[app_key] = self
+        elif held is not self:
+            app.setdefault(_SHARED_KEYS, set()).add(str(app_key))
         if path is None:
             return []
+        if self.path is None:
+            self.path = path
         routes = [app.router.add_get(path, self._stream, allow_head=False, **route_kwargs)]
         if self._bidir:
             routes.append(app.router.add_post(path, self._message, **route_kwargs))
@@ -275,8 +300,15 @@ class SSEAdapter:
         options = self.options
         if self._closing:
             why = "server shutting down"
+            operator_log.log(why, logging.INFO, "refused a stream with 503: %s", why)
         elif options.max_peers is not None and len(self._registry.connections) >= options.max_peers:
             why = "too many streams"
+            operator_log.log(
+                why,
+                logging.WARNING,
+                "refused a stream with 503: max_peers=%d reached",
+                options.max_peers,
+            )
         else:
             return None
         self._registry.stats.peers_rejected += 1
@@ -415,6 +447,33 @@ def _rejection(response: web.StreamResponse) -> web.StreamResponse:
     if isinstance(response, web.HTTPException):
         raise response  # aiohttp deprecates returning them
     return response
+
+
+def get_adapter(
+    where: web.Request | web.Application, app_key: web.AppKey[SSEAdapter] = ADAPTER_KEY
+) -> SSEAdapter:
+    """The adapter ``setup`` stored on the app serving ``where`` (a request,
+    from a handler or a middleware, also in a sub-app; or the app itself).
+
+    Raises ``LookupError`` when no adapter was set up on it under
+    ``app_key``, or when several were (give each its own ``app_key``)."""
+    if isinstance(where, web.Application):
+        apps: Mapping[Any, Any] = where
+    else:
+        apps = where.config_dict
+    adapter = apps.get(app_key)
+    if adapter is None:
+        raise LookupError(
+            f"no SSEAdapter is set up under {app_key} on this app: call sse.setup(app, ...) "
+            "before the app starts"
+        )
+    if str(app_key) in apps.get(_SHARED_KEYS, ()):
+        raise LookupError(
+            f"several SSEAdapters are set up under {app_key} on this app: pass "
+            "setup(app, path, app_key=KEY) a web.AppKey of its own for each, and the same "
+            "key to get_adapter"
+        )
+    return adapter  # type: ignore[no-any-return]
 
 
 def sse_adapter(

@@ -14,6 +14,7 @@ the adapter owns, so a handler that aiohttp cancels — with
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,8 @@ from aiohttp import web
 from ._frame import encode_retry, encode_text
 from ._history import parse_id
 from ._hooks import Hooks, run_hooks
-from ._outbox import REASON_LOST, Outbox
+from ._logs import operator_log
+from ._outbox import REASON_LOST, REASON_STALLED, Outbox
 from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer
 from ._wire import CROSSWS_ID_EVENT, ReadyState
 
@@ -270,7 +272,30 @@ class Connection:
 
     def end_abruptly(self, reason: str) -> None:
         """The write path gave up on the client (lost, slow, stalled)."""
+        if self.state < ReadyState.CLOSING and reason is not REASON_LOST:
+            # What an operator must see; a client leaving is not news.
+            if reason is REASON_STALLED:
+                self.registry.stats.send_timeouts += 1
+                why = "its writes stayed blocked for send_timeout=%ss"
+                arg: object = self.registry.options.send_timeout
+            else:
+                why = "it held more than max_buffer=%s bytes (slow_consumer='close')"
+                arg = self.registry.options.max_buffer
+            operator_log.log(
+                reason, logging.WARNING, "closed peer %s (%s): " + why, self.peer.id, reason, arg
+            )
         self.end(CloseDetails(None, reason), graceful=False)
+
+    def dropped_events(self, count: int) -> None:
+        """The ``"drop-oldest"`` policy discarded ``count`` of this peer's events."""
+        operator_log.log(
+            "drop-oldest",
+            logging.WARNING,
+            "dropped %d events for slow peer %s (over max_buffer=%s, slow_consumer='drop-oldest')",
+            count,
+            self.peer.id,
+            self.registry.options.max_buffer,
+        )
 
     async def finalize(self) -> None:
         """Mark closed and run the close hooks, exactly once."""

@@ -66,6 +66,8 @@ class Owner(Protocol):
 
     def end_abruptly(self, reason: str) -> None: ...
 
+    def dropped_events(self, count: int) -> None: ...
+
 
 class Scheduler:
     """Shared by an adapter's outboxes: the limits, the counters, and the
@@ -155,7 +157,8 @@ class Outbox(Forwarder):
         self.owner = owner
         self.chunked = chunked  # HTTP/1.1: frames carry their chunk framing
         self.transport: asyncio.Transport | None = None
-        self.queue: list[bytes] = []
+        # None while empty: an idle peer (most of them) holds no list.
+        self.queue: list[bytes] | None = None
         self.queued = 0
         # Queued bytes allowed before the exact check: max_buffer less an
         # upper bound of what the transport holds.
@@ -225,6 +228,8 @@ class Outbox(Forwarder):
         queue = self.queue
         if not queue:
             self.sched.mark(self)
+            if queue is None:
+                queue = self.queue = []
         queue.append(frame)
         self.queued += len(frame)
         if self.queued > self.room:
@@ -234,9 +239,12 @@ class Outbox(Forwarder):
         """Queue ``frames`` (a batch's, when this outbox leaves it)."""
         if not frames:
             return
-        if not self.queue:
+        queue = self.queue
+        if not queue:
             self.sched.mark(self)
-        self.queue.extend(frames)
+            if queue is None:
+                queue = self.queue = []
+        queue.extend(frames)
         self.queued += sum(map(len, frames))
         if self.queued > self.room:
             self.check_overflow()
@@ -250,7 +258,7 @@ class Outbox(Forwarder):
         if transport is None or transport.is_closing():
             return
         queued = self.queued
-        self.queue = []
+        self.queue = None
         self.queued = 0
         if not self.chunked:  # HTTP/1.0: close-delimited, no chunk framing
             transport.write(b"".join(unchunk(f) for f in queue))
@@ -385,7 +393,7 @@ class Outbox(Forwarder):
     def abort(self) -> None:
         """Throw away what is held and abort the connection now."""
         self.discarded = True
-        self.queue = []
+        self.queue = None
         self.queued = 0
         if self.transport is not None:
             self.transport.abort()
@@ -452,7 +460,7 @@ class Outbox(Forwarder):
         self.discarded = True
         self.transport = None
         self.paused = False
-        self.queue = []
+        self.queue = None
         self.queued = 0
         # ETIMEDOUT: the kernel's TCP user timeout (send_timeout) gave up on it
         self.owner.end_abruptly(REASON_STALLED if isinstance(exc, TimeoutError) else REASON_LOST)
@@ -474,7 +482,7 @@ class Outbox(Forwarder):
         if self.queued + unsent <= limit:
             return
         if sched.drop_oldest:
-            queue = self.queue
+            queue = self.queue or []
             drop = 0
             size = self.queued
             while size + unsent > limit and drop < len(queue):
@@ -484,6 +492,8 @@ class Outbox(Forwarder):
             self.queued = size
             self.dropped += drop
             sched.stats.events_dropped += drop
+            if drop:
+                self.owner.dropped_events(drop)
         else:
             sched.stats.slow_consumers += 1
             self.owner.end_abruptly(REASON_SLOW)

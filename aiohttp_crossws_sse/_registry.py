@@ -32,6 +32,7 @@ class Stats:
     deliveries: int = 0  # frames queued for a peer (a publish to N peers counts N)
     events_dropped: int = 0  # discarded by the "drop-oldest" policy
     slow_consumers: int = 0  # peers closed by the "close" policy
+    send_timeouts: int = 0  # peers aborted after send_timeout of blocked writes
     messages_received: int = 0  # bidirectional messages handed to hooks
 
     def as_dict(self) -> dict[str, int]:

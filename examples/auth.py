@@ -24,14 +24,14 @@ import argparse
 
 from aiohttp import web
 
-from aiohttp_crossws_sse import CloseDetails, Peer, SSEAdapter, define_hooks, sse_adapter
+from aiohttp_crossws_sse import ADAPTER_KEY, CloseDetails, Peer, define_hooks, sse_adapter
 
 #: Tokens and their users. A real app would look the token up in a session
 #: store, verify a signed cookie, etc.
 USERS = {"secret": "alice"}
 
-#: The app's adapter (``app[SSE]``).
-SSE = web.AppKey("sse", SSEAdapter)
+#: Where ``setup`` stores the app's adapter (``app[SSE]``, or ``get_adapter(app)``).
+SSE = ADAPTER_KEY
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -111,7 +111,6 @@ def make_app() -> web.Application:
     """The page at ``/``, the guarded stream at ``/sse`` (its adapter: ``app[SSE]``)."""
     sse = sse_adapter(define_hooks(upgrade=upgrade, open=open_, close=close))
     app = web.Application()
-    app[SSE] = sse
     app.router.add_get("/", index)
     sse.setup(app, "/sse")
     return app

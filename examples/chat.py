@@ -32,14 +32,22 @@ import argparse
 
 from aiohttp import web
 
-from aiohttp_crossws_sse import CloseDetails, Message, Peer, SSEAdapter, define_hooks, sse_adapter
+from aiohttp_crossws_sse import (
+    ADAPTER_KEY,
+    CloseDetails,
+    Message,
+    Peer,
+    define_hooks,
+    get_adapter,
+    sse_adapter,
+)
 
 ROOM = "chat"
 MAX_NICK = 32
 MAX_TEXT = 2000
 
-#: The app's adapter (``app[SSE]``), for tests and for publishing from elsewhere.
-SSE = web.AppKey("sse", SSEAdapter)
+#: Where ``setup`` stores the app's adapter (``app[SSE]``, or ``get_adapter(app)``).
+SSE = ADAPTER_KEY
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -56,6 +64,8 @@ PAGE = """<!doctype html>
   header { display: flex; align-items: baseline; justify-content: space-between; }
   h1 { font-size: 20px; margin: 0; }
   #status { font-size: 13px; color: #6b7489; }
+  .about { margin: 0; font-size: 13px; color: #4a5368; }
+  #stats { font-size: 12px; color: #6b7489; font-variant-numeric: tabular-nums; }
   #status.online { color: #1c8a4c; }
   #log { flex: 1; overflow-y: auto; list-style: none; margin: 0; padding: 12px;
          background: #fff; border: 1px solid var(--line); border-radius: 10px; }
@@ -76,9 +86,14 @@ PAGE = """<!doctype html>
 </style>
 <main>
   <header>
-    <h1>Chat</h1>
+    <h1>aiohttp-crossws-sse: a chat demo</h1>
     <span id="status">not connected</span>
   </header>
+  <p class="about">A chat room served by <b>aiohttp-crossws-sse</b>: this page reads it
+    with a plain <code>EventSource</code> and sends each line with a <code>POST</code>
+    (bidirectional mode). Pick a nickname, then open this page in a second window and
+    talk to yourself.</p>
+  <div id="stats" title="the adapter's stats(), from /stats">&nbsp;</div>
   <form id="join">
     <input id="nick" name="nick" placeholder="Your nickname" maxlength="32" required
            autocomplete="off" autofocus>
@@ -115,6 +130,21 @@ PAGE = """<!doctype html>
     status.classList.toggle("online", online);
     $("send").disabled = !online;
   }
+
+  async function refreshStats() {  // the adapter's stats(): live numbers
+    try {
+      const s = await (await fetch("/stats")).json();
+      const n = (count, one, many) => `${count} ${count === 1 ? one : many}`;
+      $("stats").textContent = `server: ${n(s.peers, "open stream", "open streams")}` +
+        ` · ${n(s.frames_encoded, "event", "events")} encoded` +
+        ` · ${n(s.deliveries, "delivery", "deliveries")}` +
+        ` · ${n(s.messages_received, "message", "messages")} received`;
+    } catch (err) {
+      $("stats").textContent = "server: unreachable";
+    }
+  }
+  refreshStats();
+  setInterval(refreshStats, 2000);
 
   $("join").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -204,15 +234,20 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=PAGE, content_type="text/html")
 
 
+async def stats(request: web.Request) -> web.Response:
+    """The adapter's counters, for the page's status line."""
+    return web.json_response(get_adapter(request).stats())
+
+
 def make_app() -> web.Application:
     """The chat app: the page at ``/``, the room at ``/sse`` (its adapter: ``app[SSE]``)."""
     sse = sse_adapter(
         define_hooks(upgrade=upgrade, open=open_, message=message, close=close), bidir=True
     )
     app = web.Application()
-    app[SSE] = sse
     app.router.add_get("/", index)
-    sse.setup(app, "/sse")
+    app.router.add_get("/stats", stats)
+    sse.setup(app, "/sse")  # also stores it: app[SSE], get_adapter(request)
     return app
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from aiohttp_crossws_sse import get_adapter
 from aiohttp_crossws_sse.client import SSEClientError, connect
 from aiohttp_crossws_sse.testing import (
     EventReader,
@@ -169,3 +170,20 @@ async def test_auth_accepts_overrides_headers_and_greets(aiohttp_server: Any) ->
         (peer,) = app[auth.SSE].peers.values()
         assert peer.context == {"user": "alice"}
     await wait_until(lambda: not app[auth.SSE].peers, what="the peer closed")
+
+
+async def test_chat_page_explains_itself_and_serves_live_stats(
+    sse_client: SSEClientFactory,
+) -> None:
+    app = chat.make_app()
+    alice = await sse_client(app=app, query={"nick": "alice"})
+    await wait_for_event(alice, event="notice")
+    server = await sse_client.server(app=app)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/")) as resp:
+            page = await resp.text()
+        assert "second window" in page and 'fetch("/stats")' in page
+        async with http.get(server.make_url("/stats")) as resp:
+            stats = await resp.json()
+    assert stats["peers"] == 1 and stats["deliveries"] >= 1  # the welcome
+    assert set(stats) == set(get_adapter(app).stats())

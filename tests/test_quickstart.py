@@ -1,4 +1,4 @@
-"""The README's quick start (DESIGN.md's, verbatim) works as written."""
+"""DESIGN.md's quick start, verbatim in the README ("The crossws example"), works as written."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def quick_start_app() -> web.Application:
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Quick start") :]
+    section = text[text.index("## The crossws example") :]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     source = code.group(1)

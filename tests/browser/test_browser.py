@@ -96,6 +96,10 @@ async def test_two_pages_chat(run_app_server: StartServer, browser: Browser) -> 
     await say(alice, "<b>not bold</b> & unicode: héllo ✓")
     await shows(bob, "alice: <b>not bold</b> & unicode: héllo ✓")
 
+    # The live numbers (the adapter's stats(), polled from /stats) reach the page.
+    from playwright.async_api import expect
+
+    await expect(alice.locator("#stats")).to_contain_text("2 open streams", timeout=WAIT_MS)
     await alice.screenshot(path=os.path.join(artifacts_dir(), "chat.png"))
 
     # Closing bob's page ends its stream: the close hook tells alice.
