@@ -23,6 +23,14 @@ What is held for a peer — its queue plus the transport's own write buffer —
 is bounded by ``max_buffer`` (plus at most one frame), whatever the timing of
 the sends: beyond it the ``slow_consumer`` policy applies.
 
+Writes go straight to the socket (``os.write``, one syscall, what a C
+server does) when the transport holds nothing for it — a plain TCP or unix
+socket, not TLS; the transport gets only what the kernel did not take, so
+order is kept and the transport's flow control sees every byte it holds.
+``transport.write`` costs about 1 µs more per call (uvloop or asyncio),
+which is a third of what a 1,000-subscriber publish takes beyond the
+syscalls themselves.
+
 A Last-Event-ID replay ``hold``s the outbox: its queue is not flushed (what
 the hooks send waits), and the replay is written ahead of it by
 ``write_with_backpressure``, which waits for a slow client instead of
@@ -34,6 +42,7 @@ outbox and its fast path is unchanged.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,6 +59,43 @@ __all__ = ["REASON_LOST", "REASON_SLOW", "REASON_STALLED", "Fanout", "Outbox", "
 REASON_LOST = "connection lost"
 REASON_SLOW = "slow consumer"
 REASON_STALLED = "send timeout"
+
+# Python ignores SIGPIPE, so a write to a socket the client closed fails
+# with EPIPE (handed to the transport, which reports the loss) instead of
+# killing the process.
+_os_write = os.write
+
+
+def _write(transport: asyncio.Transport, fd: int, data: bytes) -> None:
+    """``transport.write(data)``, but straight to the socket ``fd`` when the
+    transport holds nothing (see the module docstring). Never once the
+    transport is closing: uvloop closes the socket at once, and its number
+    may then be reused by another connection."""
+    if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+        try:
+            sent = _os_write(fd, data)
+        except OSError:  # EAGAIN; or an error the transport meets and reports
+            sent = 0
+        if sent == len(data):
+            return
+        if sent:
+            data = data[sent:]
+    transport.write(data)
+
+
+def _socket_fd(transport: asyncio.Transport) -> int:
+    """The socket ``_write`` may write to directly, or -1: TLS (the bytes
+    must be encrypted), no socket, or not POSIX."""
+    if os.name != "posix" or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (AttributeError, OSError, TypeError):
+        return -1
+
 
 # Small frames queued during one loop iteration are joined into writes of
 # about this many bytes.
@@ -139,6 +185,7 @@ class Outbox(Forwarder):
         "chunked",
         "discarded",
         "dropped",
+        "fd",
         "holding",
         "owner",
         "paused",
@@ -157,6 +204,7 @@ class Outbox(Forwarder):
         self.owner = owner
         self.chunked = chunked  # HTTP/1.1: frames carry their chunk framing
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the transport's socket, for direct writes (-1: none)
         # None while empty: an idle peer (most of them) holds no list.
         self.queue: list[bytes] | None = None
         self.queued = 0
@@ -202,7 +250,7 @@ class Outbox(Forwarder):
         if self.queue or self.batch or transport is None or transport.is_closing():
             self.enqueue(frame)
         else:
-            transport.write(frame if self.chunked else unchunk(frame))
+            _write(transport, self.fd, frame if self.chunked else unchunk(frame))
 
     def write_or_queue(self, frame: bytes) -> None:
         """Write now when nothing is queued before ``frame`` and the transport
@@ -216,7 +264,7 @@ class Outbox(Forwarder):
         ):
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                transport.write(frame)
+                _write(transport, self.fd, frame)
                 return
         self.enqueue(frame)
 
@@ -260,12 +308,13 @@ class Outbox(Forwarder):
         queued = self.queued
         self.queue = None
         self.queued = 0
+        fd = self.fd
         if not self.chunked:  # HTTP/1.0: close-delimited, no chunk framing
-            transport.write(b"".join(unchunk(f) for f in queue))
+            _write(transport, fd, b"".join(unchunk(f) for f in queue))
         elif len(queue) == 1:
-            transport.write(queue[0])
+            _write(transport, fd, queue[0])
         elif queued <= _COALESCE:
-            transport.write(b"".join(queue))
+            _write(transport, fd, b"".join(queue))
         else:
             # Big frames go one write each: the transport hands each to the
             # kernel at once while the client reads the previous one; small
@@ -274,10 +323,10 @@ class Outbox(Forwarder):
             for end, frame in enumerate(queue, 1):
                 size += len(frame)
                 if size >= _COALESCE:
-                    transport.write(frame if end - start == 1 else b"".join(queue[start:end]))
+                    _write(transport, fd, frame if end - start == 1 else b"".join(queue[start:end]))
                     start, size = end, 0
             if start < len(queue):
-                transport.write(b"".join(queue[start:]))
+                _write(transport, fd, b"".join(queue[start:]))
         self._wake()
 
     def hold(self) -> None:
@@ -395,6 +444,7 @@ class Outbox(Forwarder):
         self.discarded = True
         self.queue = None
         self.queued = 0
+        self.fd = -1
         if self.transport is not None:
             self.transport.abort()
         self._wake()
@@ -405,6 +455,7 @@ class Outbox(Forwarder):
         """Take over the transport's callbacks (aiohttp's protocol still gets them all)."""
         inner = self.install(transport)
         self.transport = transport
+        self.fd = _socket_fd(transport)
         transport.set_write_buffer_limits(high=self.sched.high_water)
         self.paused = bool(getattr(inner, "writing_paused", False))
         self.room = self.sched.room
@@ -421,6 +472,7 @@ class Outbox(Forwarder):
                 transport.set_write_buffer_limits()  # aiohttp's (asyncio's) defaults
         # The connection is aiohttp's again (it may serve another request).
         self.transport = None
+        self.fd = -1
         self._wake()
 
     # -- protocol callbacks (aiohttp's protocol gets them too) ------------------------
@@ -459,6 +511,7 @@ class Outbox(Forwarder):
         # Whatever was held, here or in the transport, is gone.
         self.discarded = True
         self.transport = None
+        self.fd = -1
         self.paused = False
         self.queue = None
         self.queued = 0
@@ -683,7 +736,17 @@ class Fanout:
             if data:
                 transport = outbox.transport
                 if transport is not None and not transport.is_closing():
-                    transport.write(data)
+                    # _write() inlined: this loop runs once per subscriber.
+                    fd = outbox.fd
+                    if fd >= 0 and not transport.get_write_buffer_size():
+                        try:
+                            sent = _os_write(fd, data)
+                        except OSError:
+                            sent = 0
+                        if sent != len(data):
+                            transport.write(data[sent:] if sent else data)
+                    else:
+                        transport.write(data)
             if not reopen:
                 outbox.batch = None
             elif outbox.paused:
