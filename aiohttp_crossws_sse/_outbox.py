@@ -677,8 +677,8 @@ class Fanout:
                 and not outbox.paused
                 and outbox.chunked
                 and outbox.batch is None
-                and (transport := outbox.transport) is not None
-                and not transport.is_closing()
+                # (a transport closing by now is skipped when the batch is written)
+                and outbox.transport is not None
             ):
                 outbox.batch = self
                 bind(outbox)
@@ -717,6 +717,9 @@ class Fanout:
         frames = self.frames or []
         starts = self.starts
         whole = frames[0] if len(frames) == 1 else b"".join(frames)
+        if not reopen and not starts and not self.rebound and whole:
+            self._write_whole(whole)
+            return
         joined: dict[int, bytes] = {}
         keep: list[Outbox] = []
         bound: Iterable[Outbox] = self.bound
@@ -764,6 +767,35 @@ class Fanout:
             self.frames = None
             self.bound = []
             self.laggards = {}
+
+    def _write_whole(self, whole: bytes) -> None:
+        """``write_batch`` at the end of the iteration when every bound
+        subscriber takes the whole batch (no late joiner, no sender skipped):
+        the common case, and the one loop a lone publish's latency hangs on,
+        so ``_write()`` is inlined."""
+        size = len(whole)
+        os_write = _os_write
+        for outbox in self.bound:
+            if outbox.batch is not self:
+                continue  # it left the batch (released) since
+            outbox.batch = None
+            transport = outbox.transport
+            if transport is None or transport.is_closing():
+                continue
+            fd = outbox.fd
+            if fd >= 0 and not transport.get_write_buffer_size():
+                try:
+                    sent = os_write(fd, whole)
+                except OSError:
+                    sent = 0
+                if sent != size:
+                    transport.write(whole[sent:] if sent else whole)
+            else:
+                transport.write(whole)
+        self.size = 0
+        self.frames = None
+        self.bound = []
+        self.laggards = {}
 
     def close_batch(self) -> None:
         """End of the loop iteration."""

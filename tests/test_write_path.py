@@ -1,0 +1,113 @@
+"""The write path's direct socket writes: whatever the kernel does not take
+goes through the transport, in order; TLS streams never bypass the transport."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from aiohttp_crossws_sse import Peer, define_hooks, sse_adapter
+from tests.conftest import EventReader, wait_until
+from tests.test_deploy import missing
+from tests.test_reliability import RawClient, url_of
+
+
+def app_for(sse: Any) -> web.Application:
+    app = web.Application()
+    sse.setup(app, "/sse")
+    return app
+
+
+async def test_partial_writes_keep_every_byte_in_order(aiohttp_client: Any) -> None:
+    """A client that stops reading: writes go part to the kernel, the rest to
+    the transport; later writes queue behind them. It then reads all of it."""
+    peers: list[Peer] = []
+    sse = sse_adapter(
+        define_hooks(open=lambda p: (p.subscribe("t"), peers.append(p))), max_buffer=64 << 20
+    )
+    client = await aiohttp_client(app_for(sse))
+    raw = await RawClient.open(url_of(client), rcvbuf=4096)
+    await wait_until(lambda: bool(peers))
+    peer = peers[0]
+    count = 0
+    while peer.buffered_amount < 1 << 20:  # well past what the kernel takes
+        for _ in range(50):
+            sse.publish("t", f"{count:07d}" + "y" * 900)
+            count += 1
+        if count % 500 == 0:
+            peer.send(f"direct {count}")  # interleaved with the topic's batches
+        await asyncio.sleep(0)
+    expected: list[str] = []
+    for i in range(count):
+        expected.append(f"{i:07d}" + "y" * 900)
+        if (i + 1) % 500 == 0:
+            expected.append(f"direct {i + 1}")
+    body = b""
+    await raw.reader.readuntil(b"\r\n\r\n")  # the response head
+    data_lines: list[str] = []
+    while len(data_lines) < len(expected):
+        chunk = await asyncio.wait_for(raw.reader.read(1 << 16), 10)
+        assert chunk, "the stream ended early"
+        body += chunk
+        *done, body = body.split(b"\n")
+        data_lines += [line[6:].decode() for line in done if line.startswith(b"data: ")]
+    assert data_lines == expected
+    await raw.close()
+
+
+def certificate(tmp: Path) -> tuple[str, str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing("openssl", "apt-get install openssl")
+    assert openssl is not None
+    cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_streams_go_through_the_transport(aiohttp_server: Any, tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    peers: list[Peer] = []
+    sse = sse_adapter(define_hooks(open=lambda p: (p.subscribe("t"), peers.append(p))))
+    server = await aiohttp_server(app_for(sse), ssl=server_ctx)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"https://127.0.0.1:{server.port}/sse", ssl=client_ctx)
+        reader = EventReader(resp)
+        await wait_until(lambda: bool(peers))
+        # Plain bytes on a TLS socket would break the stream: none are written.
+        assert sse._registry.connections[peers[0].id].outbox.fd == -1
+        for i in range(2000):
+            sse.publish("t", f"event {i}")
+        events = await reader.take(2000, timeout=20)
+        assert [e.data for e in events] == [f"event {i}" for i in range(2000)]
+        resp.close()
+
+
+async def test_plain_streams_write_to_the_socket(aiohttp_client: Any) -> None:
+    peers: list[Peer] = []
+    sse = sse_adapter(define_hooks(open=lambda p: (p.subscribe("t"), peers.append(p))))
+    client = await aiohttp_client(app_for(sse))
+    reader = EventReader(await client.get("/sse"))
+    await wait_until(lambda: bool(peers))
+    outbox = sse._registry.connections[peers[0].id].outbox
+    assert outbox.fd >= 0
+    sse.publish("t", "one")
+    assert (await reader.next()).data == "one"
+    reader.response.close()
+    await wait_until(lambda: not sse.peers)
+    assert outbox.fd == -1  # never kept past the connection
