@@ -739,17 +739,7 @@ class Fanout:
             if data:
                 transport = outbox.transport
                 if transport is not None and not transport.is_closing():
-                    # _write() inlined: this loop runs once per subscriber.
-                    fd = outbox.fd
-                    if fd >= 0 and not transport.get_write_buffer_size():
-                        try:
-                            sent = _os_write(fd, data)
-                        except OSError:
-                            sent = 0
-                        if sent != len(data):
-                            transport.write(data[sent:] if sent else data)
-                    else:
-                        transport.write(data)
+                    _write(transport, outbox.fd, data)
             if not reopen:
                 outbox.batch = None
             elif outbox.paused:
