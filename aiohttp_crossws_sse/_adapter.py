@@ -40,7 +40,9 @@ __all__ = ["ADAPTER_KEY", "SSEAdapter", "get_adapter", "sse_adapter"]
 #: ``get_adapter``.
 ADAPTER_KEY: web.AppKey[SSEAdapter] = web.AppKey("aiohttp_crossws_sse.adapter")
 # Keys that more than one adapter of an app was set up under.
-_SHARED_KEYS: web.AppKey[set[str]] = web.AppKey("aiohttp_crossws_sse.shared_keys")
+_SHARED_KEYS: web.AppKey[set[web.AppKey[SSEAdapter]]] = web.AppKey(
+    "aiohttp_crossws_sse.shared_keys", set
+)
 
 
 class _EventStream(EventSourceResponse):
@@ -124,7 +126,7 @@ class SSEAdapter:
         if held is None:
             app[app_key] = self
         elif held is not self:
-            app.setdefault(_SHARED_KEYS, set()).add(str(app_key))
+            app.setdefault(_SHARED_KEYS, set()).add(app_key)
         if path is None:
             return []
         if self.path is None:
@@ -453,27 +455,31 @@ def get_adapter(
     where: web.Request | web.Application, app_key: web.AppKey[SSEAdapter] = ADAPTER_KEY
 ) -> SSEAdapter:
     """The adapter ``setup`` stored on the app serving ``where`` (a request,
-    from a handler or a middleware, also in a sub-app; or the app itself).
+    from a handler or a middleware, also in a sub-app: the nearest app that
+    has one; or the app itself).
 
     Raises ``LookupError`` when no adapter was set up on it under
     ``app_key``, or when several were (give each its own ``app_key``)."""
+    key = "ADAPTER_KEY" if app_key is ADAPTER_KEY else repr(app_key)
     if isinstance(where, web.Application):
-        apps: Mapping[Any, Any] = where
+        apps: tuple[web.Application, ...] = (where,)
     else:
-        apps = where.config_dict
-    adapter = apps.get(app_key)
-    if adapter is None:
-        raise LookupError(
-            f"no SSEAdapter is set up under {app_key} on this app: call sse.setup(app, ...) "
-            "before the app starts"
-        )
-    if str(app_key) in apps.get(_SHARED_KEYS, ()):
-        raise LookupError(
-            f"several SSEAdapters are set up under {app_key} on this app: pass "
-            "setup(app, path, app_key=KEY) a web.AppKey of its own for each, and the same "
-            "key to get_adapter"
-        )
-    return adapter  # type: ignore[no-any-return]
+        apps = tuple(reversed(where.match_info.apps)) or (where.app,)
+    for app in apps:
+        adapter = app.get(app_key)
+        if adapter is None:
+            continue
+        if app_key in app.get(_SHARED_KEYS, ()):
+            raise LookupError(
+                f"several SSEAdapters are set up under {key} on this app: pass "
+                "setup(app, path, app_key=KEY) a web.AppKey of its own for each, and the "
+                "same key to get_adapter"
+            )
+        return adapter
+    raise LookupError(
+        f"no SSEAdapter is set up under {key} on this app: call sse.setup(app, ...) "
+        "before the app starts"
+    )
 
 
 def sse_adapter(

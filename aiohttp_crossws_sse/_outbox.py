@@ -60,31 +60,15 @@ REASON_LOST = "connection lost"
 REASON_SLOW = "slow consumer"
 REASON_STALLED = "send timeout"
 
-# Python ignores SIGPIPE, so a write to a socket the client closed fails
-# with EPIPE (handed to the transport, which reports the loss) instead of
-# killing the process.
+# Python ignores SIGPIPE: a write to a socket the client closed fails with
+# EPIPE instead of killing the process.
 _os_write = os.write
-
-
-def _write(transport: asyncio.Transport, fd: int, data: bytes) -> None:
-    """``transport.write(data)``, but straight to the socket ``fd`` when the
-    transport holds nothing (see the module docstring). Never once the
-    transport is closing: uvloop closes the socket at once, and its number
-    may then be reused by another connection."""
-    if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
-        try:
-            sent = _os_write(fd, data)
-        except OSError:  # EAGAIN; or an error the transport meets and reports
-            sent = 0
-        if sent == len(data):
-            return
-        if sent:
-            data = data[sent:]
-    transport.write(data)
+# The kernel has no room now: the transport takes the bytes and waits.
+_RETRY = (BlockingIOError, InterruptedError)
 
 
 def _socket_fd(transport: asyncio.Transport) -> int:
-    """The socket ``_write`` may write to directly, or -1: TLS (the bytes
+    """The socket ``Outbox.write`` may write to directly, or -1: TLS (the bytes
     must be encrypted), no socket, or not POSIX."""
     if os.name != "posix" or transport.get_extra_info("sslcontext") is not None:
         return -1
@@ -250,7 +234,7 @@ class Outbox(Forwarder):
         if self.queue or self.batch or transport is None or transport.is_closing():
             self.enqueue(frame)
         else:
-            _write(transport, self.fd, frame if self.chunked else unchunk(frame))
+            self.write(transport, frame if self.chunked else unchunk(frame))
 
     def write_or_queue(self, frame: bytes) -> None:
         """Write now when nothing is queued before ``frame`` and the transport
@@ -264,7 +248,7 @@ class Outbox(Forwarder):
         ):
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                _write(transport, self.fd, frame)
+                self.write(transport, frame)
                 return
         self.enqueue(frame)
 
@@ -285,7 +269,7 @@ class Outbox(Forwarder):
 
     def take(self, frames: list[bytes]) -> None:
         """Queue ``frames`` (a batch's, when this outbox leaves it)."""
-        if not frames:
+        if not frames or self.discarded:
             return
         queue = self.queue
         if not queue:
@@ -308,13 +292,13 @@ class Outbox(Forwarder):
         queued = self.queued
         self.queue = None
         self.queued = 0
-        fd = self.fd
+        write = self.write
         if not self.chunked:  # HTTP/1.0: close-delimited, no chunk framing
-            _write(transport, fd, b"".join(unchunk(f) for f in queue))
+            write(transport, b"".join(unchunk(f) for f in queue))
         elif len(queue) == 1:
-            _write(transport, fd, queue[0])
+            write(transport, queue[0])
         elif queued <= _COALESCE:
-            _write(transport, fd, b"".join(queue))
+            write(transport, b"".join(queue))
         else:
             # Big frames go one write each: the transport hands each to the
             # kernel at once while the client reads the previous one; small
@@ -323,11 +307,48 @@ class Outbox(Forwarder):
             for end, frame in enumerate(queue, 1):
                 size += len(frame)
                 if size >= _COALESCE:
-                    _write(transport, fd, frame if end - start == 1 else b"".join(queue[start:end]))
+                    write(transport, frame if end - start == 1 else b"".join(queue[start:end]))
                     start, size = end, 0
             if start < len(queue):
-                _write(transport, fd, b"".join(queue[start:]))
+                write(transport, b"".join(queue[start:]))
         self._wake()
+
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        """``transport.write(data)``, but straight to the socket when the
+        transport holds nothing (see the module docstring). Never once the
+        transport is closing: uvloop closes the socket at once, and its
+        number may then be reused by another connection."""
+        fd = self.fd
+        if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+            try:
+                sent = _os_write(fd, data)
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self.write_failed(exc)
+                return
+            if sent == len(data):
+                return
+            if sent:
+                data = data[sent:]
+        transport.write(data)
+
+    def write_failed(self, exc: OSError) -> None:
+        """A direct write met the connection's error. The kernel reports some
+        (ETIMEDOUT: ``send_timeout`` ran out) only once, so the transport
+        would not learn the cause: end the stream here, as ``on_lost``
+        would have."""
+        self.fd = -1
+        self.owner.end_abruptly(self._reason(exc))
+        if self.transport is not None:  # the owner did not abort it
+            self.transport.abort()
+
+    def _reason(self, exc: BaseException | None) -> str:
+        # ETIMEDOUT is the kernel's TCP user timeout, which aiohttp-sse sets
+        # to send_timeout; without one, the kernel gave up on its own.
+        if isinstance(exc, TimeoutError) and self.sched.timeout is not None:
+            return REASON_STALLED
+        return REASON_LOST
 
     def hold(self) -> None:
         """From now on queue everything (nothing is flushed) until
@@ -516,7 +537,7 @@ class Outbox(Forwarder):
         self.queue = None
         self.queued = 0
         # ETIMEDOUT: the kernel's TCP user timeout (send_timeout) gave up on it
-        self.owner.end_abruptly(REASON_STALLED if isinstance(exc, TimeoutError) else REASON_LOST)
+        self.owner.end_abruptly(self._reason(exc))
         self._wake()
 
     # -- the slow-consumer policy ---------------------------------------------------
@@ -677,8 +698,9 @@ class Fanout:
                 and not outbox.paused
                 and outbox.chunked
                 and outbox.batch is None
-                # (a transport closing by now is skipped when the batch is written)
-                and outbox.transport is not None
+                and (transport := outbox.transport) is not None
+                # closing: queued instead, so that drain() sees what is lost
+                and not transport.is_closing()
             ):
                 outbox.batch = self
                 bind(outbox)
@@ -739,7 +761,7 @@ class Fanout:
             if data:
                 transport = outbox.transport
                 if transport is not None and not transport.is_closing():
-                    _write(transport, outbox.fd, data)
+                    outbox.write(transport, data)
             if not reopen:
                 outbox.batch = None
             elif outbox.paused:
@@ -762,7 +784,7 @@ class Fanout:
         """``write_batch`` at the end of the iteration when every bound
         subscriber takes the whole batch (no late joiner, no sender skipped):
         the common case, and the one loop a lone publish's latency hangs on,
-        so ``_write()`` is inlined."""
+        so ``Outbox.write`` is inlined."""
         size = len(whole)
         os_write = _os_write
         for outbox in self.bound:
@@ -776,8 +798,11 @@ class Fanout:
             if fd >= 0 and not transport.get_write_buffer_size():
                 try:
                     sent = os_write(fd, whole)
-                except OSError:
+                except _RETRY:
                     sent = 0
+                except OSError as exc:
+                    outbox.write_failed(exc)
+                    continue
                 if sent != size:
                     transport.write(whole[sent:] if sent else whole)
             else:

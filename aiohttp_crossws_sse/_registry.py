@@ -154,7 +154,9 @@ class Registry:
         self.replay_source = source
 
     def topic_count(self) -> int:
-        return sum(len(ns.topics) for ns in self.namespaces.values())
+        # A copy: a metrics scrape may run in another thread while the loop
+        # adds and removes namespaces.
+        return sum(len(ns.topics) for ns in tuple(self.namespaces.values()))
 
     # -- delivery -------------------------------------------------------------
 

@@ -202,3 +202,24 @@ def test_suppressed_lines_are_counted_in_the_next_window(caplog: pytest.LogCaptu
     log.period = 0.0  # the window is over: the next line says what was held back
     log.log("k", logging.WARNING, "line %d", 5)
     assert caplog.records[-1].getMessage() == "line 5 (4 similar lines suppressed in the last 0 s)"
+
+
+async def test_get_adapter_finds_the_nearest_app(aiohttp_client: Any) -> None:
+    """A sub-app's own adapter wins, even when its parent has two under the key."""
+    outer_one, outer_two, inner = sse_adapter(), sse_adapter(), sse_adapter()
+    seen: list[SSEAdapter] = []
+
+    async def where(request: web.Request) -> web.Response:
+        seen.append(get_adapter(request))
+        return web.Response(text="ok")
+
+    sub = web.Application()
+    inner.setup(sub, "/sse")
+    sub.router.add_get("/where", where)
+    app = web.Application()
+    outer_one.setup(app, "/one")
+    outer_two.setup(app, "/two")
+    app.add_subapp("/sub", sub)
+    client = await aiohttp_client(app)
+    assert (await client.get("/sub/where")).status == 200
+    assert seen == [inner]

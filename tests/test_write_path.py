@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,38 @@ async def test_plain_streams_write_to_the_socket(aiohttp_client: Any) -> None:
     reader.response.close()
     await wait_until(lambda: not sse.peers)
     assert outbox.fd == -1  # never kept past the connection
+
+
+async def test_a_kernel_timeout_met_by_a_direct_write_is_a_send_timeout(
+    aiohttp_client: Any,
+) -> None:
+    """The kernel reports ETIMEDOUT (``send_timeout`` as TCP_USER_TIMEOUT) to
+    one write only; a direct write that meets it must say "send timeout"."""
+    closed: list[str | None] = []
+    peers: list[Peer] = []
+    sse = sse_adapter(
+        define_hooks(
+            open=lambda p: (p.subscribe("t"), peers.append(p)),
+            close=lambda p, d: closed.append(d.reason),
+        ),
+        send_timeout=0.5,
+        max_buffer=1 << 30,
+    )
+    client = await aiohttp_client(app_for(sse))
+    raw = socket.socket()  # a plain socket that never reads, with a tiny window
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", client.port))
+    raw.send(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait_until(lambda: bool(peers))
+    peer = peers[0]
+    for _ in range(2000):
+        if peer.ready_state != 1:
+            break
+        sse.publish("t", "x" * 100)
+        time.sleep(0.01)  # noqa: ASYNC251 - a busy loop: a write, not polling, meets the error
+        await asyncio.sleep(0)
+    await asyncio.wait_for(peer.wait_closed(), 10)
+    assert closed == ["send timeout"]
+    assert sse.stats()["send_timeouts"] == 1
+    raw.close()
