@@ -151,3 +151,16 @@ def test_every_peer_gets_its_frames_in_call_order(
     setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], segment: int
 ) -> None:
     asyncio.run(run(setup + script, segment))
+
+
+# Many loop iterations with few publishes each (the latency-bound traffic:
+# one event per iteration), no segmenting.
+sparse_ops = st.one_of(ops, st.tuples(st.just("tick")), st.tuples(st.just("tick")))
+
+
+@settings(max_examples=500, deadline=None)
+@given(initial, st.lists(sparse_ops, min_size=5, max_size=80))
+def test_sparse_publishes_keep_call_order(
+    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]]
+) -> None:
+    asyncio.run(run(setup + script, 1 << 20))
