@@ -125,25 +125,27 @@ def redis_binary() -> str:
     return binary
 
 
-@pytest.fixture(scope="session", name="redis_server")
-def redis_server_fixture() -> Iterator[RedisServer]:
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
     server = RedisServer(redis_binary())
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(name="own_redis_server")
 def own_redis_server_fixture() -> Iterator[RedisServer]:
     """A Redis of this test alone (for tests that kill it)."""
-    server = RedisServer(redis_binary())
-    try:
-        server.start()
+    with running_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
@@ -217,8 +219,8 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session", name="postgres_server")
-def postgres_server_fixture() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer(postgres_bindir())
     try:
         server.init()
@@ -226,18 +228,19 @@ def postgres_server_fixture() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session", name="postgres_server")
+def postgres_server_fixture() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(name="own_postgres_server")
 def own_postgres_server_fixture() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test alone (for tests that stop it)."""
-    server = PostgresServer(postgres_bindir())
-    try:
-        server.init()
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 # -- cluster nodes -------------------------------------------------------------------
@@ -303,6 +306,24 @@ class Node:
         async with session.get(self.url + "/health") as response:
             result: dict[str, int] = await response.json()
             return result
+
+
+@contextlib.contextmanager
+def node_pair(
+    backend: str, url: str, channel: str = "main", **options: Any
+) -> Iterator[tuple[Node, Node]]:
+    """Two instances, each its own process and aiohttp server, sharing one backplane."""
+    a = Node(backend, url, channel, **options)
+    try:
+        b = Node(backend, url, channel, **options)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        for node in (a, b):
+            node.stop()
 
 
 async def opened(client: EventSourceClient) -> EventSourceClient:

@@ -25,6 +25,7 @@ from tests.backplanes import (  # noqa: F401
     check_outage,
     check_peer_publish,
     data_of,
+    node_pair,
     opened,
     own_postgres_server_fixture,
     postgres_server_fixture,
@@ -39,46 +40,14 @@ from aiohttp_crossws_sse.sync import PostgresSync  # noqa: E402
 @pytest.fixture(scope="module")
 def nodes(postgres_server: PostgresServer) -> Iterator[tuple[Node, Node]]:
     """Two instances, each its own process and aiohttp server, sharing one PostgreSQL."""
-    a = Node("postgres", postgres_server.dsn, "main", **FAST_OPTIONS)
-    try:
-        b = Node("postgres", postgres_server.dsn, "main", **FAST_OPTIONS)
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    for node in (a, b):
-        node.stop()
+    with node_pair("postgres", postgres_server.dsn, **FAST_OPTIONS) as pair:
+        yield pair
 
 
 # -- two processes ------------------------------------------------------------------------
 
 
-async def test_adapter_publish_reaches_the_other_process(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_adapter_publish(*nodes, session)
-
-
-async def test_peer_publish_reaches_the_other_process(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_peer_publish(*nodes, session)
-
-
-async def test_namespaces_travel(nodes: tuple[Node, Node], session: aiohttp.ClientSession) -> None:
-    await check_namespaces(*nodes, session)
-
-
-async def test_1000_publishes_arrive_in_order_once(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_order(*nodes, session)
-
-
-async def test_binary_payloads_survive(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_binary(*nodes, session)
+# The checks every backplane shares are in tests/test_sync_backplanes.py.
 
 
 async def test_payloads_beyond_notify_limit_arrive_intact_in_order(

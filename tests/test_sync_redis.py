@@ -32,6 +32,7 @@ from tests.backplanes import (  # noqa: F401
     check_order,
     check_outage,
     check_peer_publish,
+    node_pair,
     own_redis_server_fixture,
     redis_server_fixture,
     until,
@@ -47,46 +48,14 @@ from aiohttp_crossws_sse.sync import RedisSync  # noqa: E402
 @pytest.fixture(scope="module")
 def nodes(redis_server: RedisServer) -> Iterator[tuple[Node, Node]]:
     """Two instances, each its own process and aiohttp server, sharing one Redis."""
-    a = Node("redis", redis_server.url, "main", **FAST_OPTIONS)
-    try:
-        b = Node("redis", redis_server.url, "main", **FAST_OPTIONS)
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    for node in (a, b):
-        node.stop()
+    with node_pair("redis", redis_server.url, **FAST_OPTIONS) as pair:
+        yield pair
 
 
 # -- two processes ------------------------------------------------------------------------
 
 
-async def test_adapter_publish_reaches_the_other_process(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_adapter_publish(*nodes, session)
-
-
-async def test_peer_publish_reaches_the_other_process(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_peer_publish(*nodes, session)
-
-
-async def test_namespaces_travel(nodes: tuple[Node, Node], session: aiohttp.ClientSession) -> None:
-    await check_namespaces(*nodes, session)
-
-
-async def test_1000_publishes_arrive_in_order_once(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_order(*nodes, session)
-
-
-async def test_binary_payloads_survive(
-    nodes: tuple[Node, Node], session: aiohttp.ClientSession
-) -> None:
-    await check_binary(*nodes, session)
+# The checks every backplane shares are in tests/test_sync_backplanes.py.
 
 
 async def test_channels_are_isolated(
