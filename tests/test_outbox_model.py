@@ -7,13 +7,20 @@ get, in call order, exactly once — whatever the batching, the eager writes
 and the per-peer queues did on the way.
 
 The transport here records writes and reports flow control when told to: the
-algorithm is what is under test. The same paths over real sockets are
-covered by the HTTP tests (test_pubsub, test_reliability, test_hardening).
+algorithm is what is under test. In the socket variant it stands in front of
+one end of a socket pair with a small send buffer, and behaves like asyncio's
+and uvloop's: it sends what the kernel takes and holds the rest until told to
+drain. The write path's direct writes (``os.write`` to that socket, in a
+loop of their own for a whole batch) then meet full sockets, partial writes
+and a transport that holds bytes; the client end is read only when a script
+says so. The same paths over TCP are covered by the HTTP tests (test_pubsub,
+test_reliability, test_hardening, test_write_path).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from hypothesis import given, settings
@@ -55,6 +62,71 @@ class RecordingTransport(asyncio.Transport):
     def abort(self) -> None:
         raise AssertionError("nothing is over any limit here")
 
+    def received(self) -> bytes:
+        return bytes(self.data)
+
+    def read(self) -> None:
+        pass
+
+    def send_held(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SocketTransport(RecordingTransport):
+    """One end of a socket pair: the write path may write to it directly."""
+
+    def __init__(self) -> None:
+        self.sock, self.client = socket.socketpair()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.sock.setblocking(False)
+        self.client.setblocking(False)
+        super().__init__()
+        self._extra = {"socket": self.sock}
+        self.held = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.held += data
+        self._send()
+
+    def _send(self) -> None:
+        while self.held:
+            try:
+                sent = self.sock.send(self.held)
+            except BlockingIOError:
+                return
+            del self.held[:sent]
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.held)
+
+    def read(self) -> None:
+        """The client reads all there is (the transport may still hold bytes)."""
+        while True:
+            try:
+                chunk = self.client.recv(1 << 16)
+            except BlockingIOError:
+                return
+            self.data += chunk
+
+    def send_held(self) -> None:
+        """The loop finds the socket writable: the transport sends what it holds."""
+        self._send()
+
+    def received(self) -> bytes:
+        while True:
+            self.read()
+            self._send()
+            if not self.held:
+                self.read()
+                return bytes(self.data)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.client.close()
+
 
 class Owner:
     def end_abruptly(self, reason: str) -> None:
@@ -74,23 +146,27 @@ ops = st.one_of(
     st.tuples(st.just("unsubscribe"), peer_ids, topic_ids),
     st.tuples(st.just("pause"), peer_ids),
     st.tuples(st.just("resume"), peer_ids),
+    st.tuples(st.just("read"), peer_ids),
+    st.tuples(st.just("send_held"), peer_ids),
     st.tuples(st.just("tick")),
 )
 # Start with most peers subscribed somewhere, so that publishes meet subscribers.
 initial = st.lists(st.tuples(st.just("subscribe"), peer_ids, topic_ids), min_size=2, max_size=8)
 
 
-async def run(script: list[tuple[Any, ...]], segment: int) -> None:
+async def run(script: list[tuple[Any, ...]], segment: int, sockets: bool) -> None:
     stats = Stats()
     sched = Scheduler(Options(max_buffer=1 << 30), stats)
     sched.segment = segment  # small segments exercise writes mid-batch
     ns = Namespace("/")
-    transports = [RecordingTransport() for _ in range(PEERS)]
+    kind_of_transport = SocketTransport if sockets else RecordingTransport
+    transports = [kind_of_transport() for _ in range(PEERS)]
     outboxes = []
     for transport in transports:
         transport.set_protocol(asyncio.Protocol())
         outbox = Outbox(sched, Owner(), chunked=True)
         outbox.attach(transport)
+        assert (outbox.fd >= 0) == sockets
         outboxes.append(outbox)
     expected = [bytearray() for _ in range(PEERS)]
     subscribed: list[set[int]] = [set() for _ in range(TOPICS)]
@@ -133,6 +209,10 @@ async def run(script: list[tuple[Any, ...]], segment: int) -> None:
             if paused[p]:
                 paused[p] = False
                 transports[p].protocol.resume_writing()
+        elif kind == "read":
+            transports[op[1]].read()
+        elif kind == "send_held":
+            transports[op[1]].send_held()
         else:
             await asyncio.sleep(0)
     for p in range(PEERS):
@@ -140,17 +220,26 @@ async def run(script: list[tuple[Any, ...]], segment: int) -> None:
             transports[p].protocol.resume_writing()
     for _ in range(3):
         await asyncio.sleep(0)
-    for p in range(PEERS):
-        assert bytes(transports[p].data) == bytes(expected[p]), f"peer {p}"
-        assert outboxes[p].queued == 0 and outboxes[p].batch is None
+    try:
+        for p in range(PEERS):
+            assert transports[p].received() == bytes(expected[p]), f"peer {p}"
+            assert outboxes[p].queued == 0 and outboxes[p].batch is None
+    finally:
+        for transport in transports:
+            transport.close()
 
 
 @settings(max_examples=1000, deadline=None)
-@given(initial, st.lists(ops, min_size=5, max_size=80), st.sampled_from([0, 500, 1 << 20]))
+@given(
+    initial,
+    st.lists(ops, min_size=5, max_size=80),
+    st.sampled_from([0, 500, 1 << 20]),
+    st.booleans(),
+)
 def test_every_peer_gets_its_frames_in_call_order(
-    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], segment: int
+    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], segment: int, sockets: bool
 ) -> None:
-    asyncio.run(run(setup + script, segment))
+    asyncio.run(run(setup + script, segment, sockets))
 
 
 # Many loop iterations with few publishes each (the latency-bound traffic:
@@ -159,8 +248,8 @@ sparse_ops = st.one_of(ops, st.tuples(st.just("tick")), st.tuples(st.just("tick"
 
 
 @settings(max_examples=500, deadline=None)
-@given(initial, st.lists(sparse_ops, min_size=5, max_size=80))
+@given(initial, st.lists(sparse_ops, min_size=5, max_size=80), st.booleans())
 def test_sparse_publishes_keep_call_order(
-    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]]
+    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], sockets: bool
 ) -> None:
-    asyncio.run(run(setup + script, 1 << 20))
+    asyncio.run(run(setup + script, 1 << 20, sockets))
