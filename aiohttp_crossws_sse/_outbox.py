@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Protocol
@@ -124,6 +124,7 @@ class Scheduler:
         "high_water",
         "is_closing",
         "kinds",
+        "lazy",
         "max_buffer",
         "room",
         "segment",
@@ -152,6 +153,18 @@ class Scheduler:
         # lookup, for the fan-out's one pass over its subscribers).
         self.kinds: set[type] = set()
         self.is_closing: Callable[[asyncio.Transport], bool] = _is_closing
+        # The batch opened by this iteration's first publish, its
+        # subscribers not yet bound (see Fanout.publish).
+        self.lazy: Fanout | None = None
+
+    def settle(self) -> None:
+        """Something may change for a subscriber (a send, a publish, a
+        subscription...): bind the lazy batch's subscribers first, as its
+        publish would have."""
+        lazy = self.lazy
+        if lazy is not None:
+            self.lazy = None
+            lazy.bind(None, self)
 
     def add_kind(self, transport: asyncio.Transport) -> None:
         """``transport`` is attached: keep ``is_closing`` right for it."""
@@ -176,7 +189,7 @@ class Scheduler:
         self.handle = None
         batches, self.batches = self.batches, []
         for fanout in batches:
-            fanout.close_batch()
+            fanout.close_batch(self)
         dirty, self.dirty = self.dirty, []
         for outbox in dirty:
             outbox.flush()
@@ -241,6 +254,7 @@ class Outbox(Forwarder):
     def buffered_amount(self) -> int:
         """Queued bytes (a topic batch's included) plus those in the
         transport's write buffer."""
+        self.sched.settle()
         held = self.queued
         if self.batch is not None:
             held += self.batch.pending_for(self)
@@ -259,6 +273,7 @@ class Outbox(Forwarder):
     def write_now(self, frame: bytes) -> None:
         """Hand ``frame`` to the transport ahead of any policy (the
         ``crossws-id`` event: it must never be dropped)."""
+        self.sched.settle()
         transport = self.transport
         if self.queue or self.batch or transport is None or transport.is_closing():
             self.enqueue(frame)
@@ -268,6 +283,7 @@ class Outbox(Forwarder):
     def write_or_queue(self, frame: bytes) -> None:
         """Write now when nothing is queued before ``frame`` and the transport
         takes data; otherwise queue it."""
+        self.sched.settle()
         if (
             not self.queue
             and not self.paused
@@ -284,6 +300,7 @@ class Outbox(Forwarder):
     def enqueue(self, frame: bytes) -> None:
         if self.discarded:  # ended abruptly: nothing more is held for it
             return
+        self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)
         queue = self.queue
@@ -300,6 +317,7 @@ class Outbox(Forwarder):
         """Queue ``frames`` (a batch's, when this outbox leaves it)."""
         if not frames or self.discarded:
             return
+        self.sched.settle()
         queue = self.queue
         if not queue:
             self.sched.mark(self)
@@ -398,6 +416,7 @@ class Outbox(Forwarder):
         """From now on queue everything (nothing is flushed) until
         ``end_hold``: a replay is written ahead of it with
         ``write_with_backpressure``."""
+        self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)
         self.holding = True
@@ -417,6 +436,7 @@ class Outbox(Forwarder):
         slow-consumer policy (for replays). Frames leave joined in writes of
         about ``_REPLAY_WRITE`` bytes, and the loop runs other callbacks
         between two writes. Returns ``False`` if the stream ended first."""
+        self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)
         held = self.holding
@@ -477,6 +497,7 @@ class Outbox(Forwarder):
         """Before a graceful end: write out the queue and wait until the
         transport has handed everything to the kernel (so a loss meanwhile is
         seen: ``wait_for_drain`` then says ``False``); abort after ``timeout``."""
+        self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)
         self.holding = False  # a replay cut short: what is queued still goes
@@ -522,7 +543,8 @@ class Outbox(Forwarder):
         inner = self.install(transport)
         self.transport = transport
         self.sched.add_kind(transport)
-        fd = _socket_fd(transport)
+        # HTTP/1.0 streams take no batch (its frames carry chunk framing).
+        fd = _socket_fd(transport) if self.chunked else _NO_FD
         # aiohttp wrote the headers: the transport may still hold them.
         self.fd = _spilled(fd) if transport.get_write_buffer_size() else fd
         transport.set_write_buffer_limits(high=self.sched.high_water)
@@ -687,6 +709,7 @@ class Fanout:
         return outbox in self.members
 
     def add(self, outbox: Outbox) -> None:
+        outbox.sched.settle()
         self.members[outbox] = None
         self.snapshot = None
         frames = self.frames
@@ -702,6 +725,7 @@ class Fanout:
     def discard(self, outbox: Outbox) -> None:
         if outbox not in self.members:
             return
+        outbox.sched.settle()
         del self.members[outbox]
         self.snapshot = None
         if self.frames is not None:
@@ -711,6 +735,13 @@ class Fanout:
 
     def publish(self, frame: bytes, skip: Outbox | None, sched: Scheduler) -> None:
         """Hand ``frame`` to every subscriber but ``skip``."""
+        lazy = sched.lazy
+        if lazy is not None:
+            if lazy is self and skip is None and self.size + len(frame) <= sched.segment:
+                (self.frames or []).append(frame)  # a burst, still unbound
+                self.size += len(frame)
+                return
+            sched.settle()
         frames = self.frames
         if frames is not None:  # the batch of this iteration: O(laggards)
             frames.append(frame)
@@ -728,18 +759,35 @@ class Fanout:
             if self.size > sched.segment:
                 self.write_batch(reopen=True)
             return
-        members = self.snapshot
-        if members is None:
-            members = self.snapshot = tuple(self.members)
+        if self.snapshot is None:
+            self.snapshot = tuple(self.members)
         # Open this iteration's batch: idle subscribers bind to it, the
         # others queue this frame and follow frame by frame. It is written
-        # when the publishing callback returns — in this loop iteration,
-        # before the loop polls for I/O, so a lone publish leaves as soon as
-        # it would have written directly, and a burst leaves in one write
-        # per subscriber (per segment, for big bursts).
+        # at the end of the loop iteration (call_soon), so a burst leaves in
+        # one write per subscriber (per segment, for big bursts).
         self.frames = [frame]
         self.size = len(frame)
+        if skip is None and not sched.batches and self.size <= sched.segment:
+            # The first publish of the iteration binds nobody yet, nor do
+            # more publishes to this topic: if nothing else happens before
+            # the batch is written, each subscriber's state is checked there,
+            # in passes without Python steps, and the write starts that much
+            # sooner. Anything that could change a subscriber's state first
+            # settles the batch (binds its subscribers, as the first publish
+            # would have).
+            sched.open_batch(self)
+            sched.lazy = self
+            return
         sched.open_batch(self)
+        self.bind(skip, sched)
+
+    def bind(self, skip: Outbox | None, sched: Scheduler) -> None:
+        """Bind the idle subscribers to the batch just opened (one frame, or
+        an unbound burst being settled); the others queue its frames (but
+        ``skip``) and follow frame by frame."""
+        frames = self.frames or []
+        frame = frames[0] if len(frames) == 1 else None
+        members = self.snapshot or ()
         bind = self.bound.append
         laggards = self.laggards
         for outbox in members:
@@ -759,7 +807,9 @@ class Fanout:
                 # In the list before the frame: one over max_buffer ends and
                 # leaves it (discard) at once.
                 laggards[outbox] = None
-                if outbox is not skip:
+                if frame is None:
+                    outbox.take(frames)
+                elif outbox is not skip:
                     outbox.enqueue(frame)
         if skip is not None and skip.batch is self:
             self.starts[skip] = 1  # the sender skips its own publish
@@ -858,16 +908,9 @@ class Fanout:
         # min(): each a socket the transport holds nothing for (so none is
         # None either); then one pass asks if any is closing.
         if min(fds) >= 0 and not any(map(bound[0].sched.is_closing, transports)):
-            sent, errors = _write_all(fds, whole)
             for outbox in bound:
                 outbox.batch = None
-            size = len(whole)
-            if sent.count(size) != len(sent):
-                for i, done in enumerate(sent):
-                    if i in errors:
-                        bound[i].write_failed(errors[i])
-                    elif done != size:
-                        bound[i].write_rest(transports[i], whole, done)
+            _write_each(bound, transports, fds, whole)
             return
         for outbox in bound:
             outbox.batch = None
@@ -875,10 +918,38 @@ class Fanout:
             if transport is not None and not transport.is_closing():
                 outbox.write(transport, whole)
 
-    def close_batch(self) -> None:
+    def close_batch(self, sched: Scheduler) -> None:
         """End of the loop iteration."""
-        if self.frames is not None:
-            self.write_batch(reopen=False)
+        if self.frames is None:
+            return
+        if sched.lazy is self:
+            sched.lazy = None
+            if self._write_unbound(sched):
+                return
+            self.bind(None, sched)
+        self.write_batch(reopen=False)
+
+    def _write_unbound(self, sched: Scheduler) -> bool:
+        """Write the one frame of a batch nobody was bound to, if every
+        subscriber takes it straight to its socket (else ``False``: nothing
+        was done)."""
+        members = self.snapshot or ()
+        frames = self.frames or []
+        if members:
+            fds = list(map(_fd_of, members))
+            # min(): each a socket the transport holds nothing for (so
+            # chunked, and with a transport).
+            if min(fds) < 0 or any(map(_queue_of, members)) or any(map(_paused_of, members)):
+                return False
+            transports = list(map(_transport_of, members))
+            if any(map(sched.is_closing, transports)):
+                return False
+        self.size = 0
+        self.frames = None
+        if members:
+            whole = frames[0] if len(frames) == 1 else b"".join(frames)
+            _write_each(members, transports, fds, whole)
+        return True
 
 
 def _idle(outbox: Outbox) -> bool:
@@ -891,6 +962,23 @@ def _idle(outbox: Outbox) -> bool:
 
 _fd_of = attrgetter("fd")
 _transport_of = attrgetter("transport")
+_queue_of = attrgetter("queue")
+_paused_of = attrgetter("paused")
+
+
+def _write_each(
+    outboxes: Sequence[Outbox], transports: list[asyncio.Transport], fds: list[int], data: bytes
+) -> None:
+    """Write ``data`` to each of ``fds`` (the outboxes' sockets) back to
+    back, then deal with what a write did not take, one by one."""
+    sent, errors = _write_all(fds, data)
+    size = len(data)
+    if sent.count(size) != len(sent):
+        for i, done in enumerate(sent):
+            if i in errors:
+                outboxes[i].write_failed(errors[i])
+            elif done != size:
+                outboxes[i].write_rest(transports[i], data, done)
 
 
 def _write_all(fds: list[int], data: bytes) -> tuple[list[int], dict[int, OSError]]:

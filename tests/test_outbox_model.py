@@ -247,6 +247,34 @@ def test_every_peer_gets_its_frames_in_call_order(
 sparse_ops = st.one_of(ops, st.tuples(st.just("tick")), st.tuples(st.just("tick")))
 
 
+# Bursts to one topic within an iteration, sends and subscriptions between
+# them (an unbound burst settled midway, the sender's own publish skipped).
+one_topic = st.just(0)
+burst_ops = st.one_of(
+    st.tuples(st.just("publish"), one_topic, st.none() | peer_ids, sizes),
+    st.tuples(st.just("publish"), one_topic, st.none(), sizes),
+    st.tuples(st.just("publish"), one_topic, st.none(), sizes),
+    st.tuples(st.just("send"), peer_ids, sizes),
+    st.tuples(st.just("subscribe"), peer_ids, one_topic),
+    st.tuples(st.just("unsubscribe"), peer_ids, one_topic),
+    st.tuples(st.just("pause"), peer_ids),
+    st.tuples(st.just("resume"), peer_ids),
+    st.tuples(st.just("read"), peer_ids),
+    st.tuples(st.just("tick")),
+)
+one_topic_setup = st.lists(
+    st.tuples(st.just("subscribe"), peer_ids, one_topic), min_size=2, max_size=6
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(one_topic_setup, st.lists(burst_ops, min_size=5, max_size=60), st.booleans())
+def test_bursts_to_one_topic_keep_call_order(
+    setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], sockets: bool
+) -> None:
+    asyncio.run(run(setup + script, 1 << 20, sockets))
+
+
 @settings(max_examples=500, deadline=None)
 @given(initial, st.lists(sparse_ops, min_size=5, max_size=80), st.booleans())
 def test_sparse_publishes_keep_call_order(
