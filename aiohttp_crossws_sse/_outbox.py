@@ -9,15 +9,18 @@ fast loop that hands one frame to many outboxes.
 Write strategy: publishes to a topic are batched once per topic per loop
 iteration (a ``Fanout``): the frames are appended to one list, joined once,
 and the same bytes are written to every subscriber with nothing else pending
-when the publishing callback returns — before the loop polls for I/O, so a
-lone publish leaves as soon as a direct write would have, and a burst of M
-events to N subscribers costs about N + M steps, not N * M. A batch that
-grows past a segment (256 KiB) is written out at once, so the clients read
-one segment while the next is built.
+at the end of the loop iteration (``call_soon``), so a burst of M events to
+N subscribers costs about N + M steps, not N * M. A batch that grows past a
+segment (256 KiB) is written out at once, so the clients read one segment
+while the next is built.
 A subscriber that has something else pending (a direct ``send``, a publish
 on another topic, a paused transport) takes the batch's frames into its own
 queue at that moment and follows per frame from then on, so each peer's
-order is exactly the order of the calls.
+order is exactly the order of the calls. The first batch of an iteration
+binds its subscribers only when something could change one of them
+(``Scheduler.settle``); left alone, it is written after checks made in
+passes without a Python step per subscriber, which is what a lone publish's
+latency hangs on.
 
 What is held for a peer — its queue plus the transport's own write buffer —
 is bounded by ``max_buffer`` (plus at most one frame), whatever the timing of
