@@ -109,6 +109,7 @@ class Connection:
         )
 
     def subscribe(self, topic: str) -> None:
+        self.outbox.sched.settle()  # may end this peer (see ``end``)
         if self.state > ReadyState.OPEN or self.namespace is None or self.has_topic(topic):
             return
         topics = self.topics
@@ -122,6 +123,7 @@ class Connection:
             self.namespace.join(topic, self.outbox)
 
     def unsubscribe(self, topic: str) -> None:
+        self.outbox.sched.settle()
         if not self.has_topic(topic):
             return
         topics = self.topics
@@ -201,6 +203,7 @@ class Connection:
             return
         done = state[0]
         outcome = None
+        self.outbox.sched.settle()
         if self.state == ReadyState.OPEN:
             outcome = complete
             if self.namespace is not None:
@@ -258,6 +261,10 @@ class Connection:
 
     def end(self, details: CloseDetails, *, graceful: bool) -> None:
         """Start closing: leave the registry and wake ``serve`` (idempotent)."""
+        # A publish made before this call, its subscribers not bound yet
+        # (``Scheduler.settle``), may put this peer over max_buffer: the
+        # policy applies first, as it would have at the publish.
+        self.outbox.sched.settle()
         if self.state >= ReadyState.CLOSING:
             return
         self.state = ReadyState.CLOSING

@@ -301,9 +301,9 @@ class Outbox(Forwarder):
         self.enqueue(frame)
 
     def enqueue(self, frame: bytes) -> None:
+        self.sched.settle()  # first: it may end this peer
         if self.discarded:  # ended abruptly: nothing more is held for it
             return
-        self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)
         queue = self.queue
@@ -318,9 +318,9 @@ class Outbox(Forwarder):
 
     def take(self, frames: list[bytes]) -> None:
         """Queue ``frames`` (a batch's, when this outbox leaves it)."""
+        self.sched.settle()
         if not frames or self.discarded:
             return
-        self.sched.settle()
         queue = self.queue
         if not queue:
             self.sched.mark(self)
@@ -713,6 +713,8 @@ class Fanout:
 
     def add(self, outbox: Outbox) -> None:
         outbox.sched.settle()
+        if outbox.discarded:  # the settling ended it: it joins nothing
+            return
         self.members[outbox] = None
         self.snapshot = None
         frames = self.frames

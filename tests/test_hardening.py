@@ -565,3 +565,84 @@ async def test_wait_for_drain_is_false_when_a_gracefully_closing_peer_is_lost(
     silent.close()
     assert await waiting is False
     assert await peer.wait_for_drain(0, timeout=5) is False
+
+
+# -- found by a review of the unbound first publish (Scheduler.settle) -------------------------
+
+
+async def _nearly_full_slow_peer(
+    aiohttp_client: Any, budget: int, closed: list[CloseDetails]
+) -> tuple[Any, Peer, Peer, EventReader, socket.socket]:
+    """An adapter with ``max_buffer=budget``; a silent peer on topic "t" held
+    just under it, and a healthy one reading. The publish the tests make
+    next is the first of its loop iteration: its subscribers are not bound
+    when it returns."""
+    peers: list[Peer] = []
+
+    def open_(peer: Peer) -> None:
+        peer.subscribe("t")
+        peers.append(peer)
+
+    sse = sse_adapter(
+        define_hooks(open=open_, close=lambda p, d: closed.append(d)),
+        max_buffer=budget,
+        send_timeout=None,
+    )
+    client = await aiohttp_client(app_for(sse))
+    silent = await silent_client(url_of(client))
+    await wait_until(lambda: len(peers) == 1)
+    _small_sndbuf(peers[0], 4096)
+    slow = peers[0]
+    reader = EventReader(await client.get("/sse"))
+    await wait_until(lambda: len(peers) == 2)
+    for _ in range(20):
+        while slow.ready_state == 1 and slow.buffered_amount + 2400 <= budget:
+            sse.publish("t", "a" * 1000)
+        await asyncio.sleep(0.02)
+    assert slow.ready_state == 1
+    return sse, slow, peers[1], reader, silent
+
+
+async def _healthy_gets(reader: EventReader, data: str) -> None:
+    while (await reader.next()).data != data:
+        pass
+
+
+@pytest.mark.parametrize("then", ["subscribe", "close", "send", "unsubscribe"])
+async def test_a_call_after_an_unbound_publish_meets_the_policy_first(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture, then: str
+) -> None:
+    """A publish that puts a slow peer over max_buffer, then (in the same
+    step) a call on that peer: the peer is closed as a slow consumer, as if
+    the publish had been written at once, and the call finds it closed —
+    it joins no topic, holds nothing, and its close reason is the policy's."""
+    closed: list[CloseDetails] = []
+    budget = 65536
+    sse, slow, healthy, reader, silent = await _nearly_full_slow_peer(
+        aiohttp_client, budget, closed
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiohttp_crossws_sse"):
+            sse.publish("t", "b" * 3000)  # over the budget for the slow peer
+            if then == "subscribe":
+                slow.subscribe("u")
+            elif then == "close":
+                slow.close(4000, "bye")
+            elif then == "send":
+                slow.send("c" * 10)
+            else:
+                slow.unsubscribe("t")
+            assert slow.ready_state >= 2
+            assert slow.buffered_amount == 0  # nothing held for a closed peer
+            assert "u" not in slow.topics
+            await wait_until(lambda: len(closed) == 1)
+        assert (closed[0].code, closed[0].reason) == (None, "slow consumer")
+        assert sse.stats()["slow_consumers"] == 1
+        assert "slow consumer" in caplog.text
+        # Only the healthy peer is left, on "t" alone; "u" has no subscriber.
+        assert sse.stats()["topics"] == 1 and sse.stats()["peers"] == 1
+        healthy.subscribe("u")
+        sse.publish("u", "on u")
+        await _healthy_gets(reader, "on u")
+    finally:
+        silent.close()
