@@ -95,6 +95,7 @@ class SSEAdapter:
     @property
     def peers(self) -> Mapping[str, Peer]:
         """Every open peer, by id, across namespaces (read-only)."""
+        self._registry.scheduler.settle()
         return PeerView(self._registry.connections)
 
     @property
@@ -159,6 +160,7 @@ class SSEAdapter:
     def stats(self) -> dict[str, int]:
         """Counters: peers, topics, events encoded/delivered/dropped, slow consumers."""
         registry = self._registry
+        registry.scheduler.settle()  # a publish's slow consumers are closed and counted
         return {
             "peers": len(registry.connections),
             "topics": registry.topic_count(),
@@ -177,6 +179,7 @@ class SSEAdapter:
         self._closed = asyncio.get_running_loop().create_future()
         self._closing = True
         try:
+            self._registry.scheduler.settle()
             conns = list(self._registry.connections.values())
             retry = self.options.shutdown_retry
             frame = encode_retry(retry) if retry is not None else None
@@ -424,6 +427,8 @@ class SSEAdapter:
             return web.Response(status=400, text=f"missing {PEER_ID_HEADER} header")
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
+        if conn is not None:
+            conn.outbox.sched.settle()  # a publish before may have closed it
         if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
             return web.Response(status=400, text="unknown peer id")
         return await receive(

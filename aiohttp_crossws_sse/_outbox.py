@@ -485,8 +485,11 @@ class Outbox(Forwarder):
         """Wait until at most ``threshold`` bytes are held; ``False`` when the
         stream ended with held bytes thrown away (see ``Peer.wait_for_drain``)."""
         async with asyncio.timeout(timeout):
-            while not self.discarded:
-                if self.buffered_amount <= threshold:
+            while True:
+                held = self.buffered_amount  # settles first: this may end the peer
+                if self.discarded:
+                    return False
+                if held <= threshold:
                     return True
                 if self.paused or self.queue:
                     await self._progress()
@@ -494,7 +497,6 @@ class Outbox(Forwarder):
                     # Below the transport's low-water mark nothing signals
                     # progress; the kernel takes the rest within moments.
                     await asyncio.sleep(0.005)
-        return False
 
     async def drain(self, timeout: float | None) -> None:
         """Before a graceful end: write out the queue and wait until the

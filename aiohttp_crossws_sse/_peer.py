@@ -102,13 +102,17 @@ class Peer:
     @property
     def peers(self) -> Mapping[str, Peer]:
         """Open peers of this namespace, by id (this peer included while open)."""
-        ns = self._conn.namespace
+        conn = self._conn
+        conn.outbox.sched.settle()
+        ns = conn.namespace
         return PeerView(ns.connections if ns is not None else {})
 
     @property
     def ready_state(self) -> ReadyState:
         """0 connecting, 1 open, 2 closing, 3 closed (a ``ReadyState``, an ``int``)."""
-        return self._conn.state
+        conn = self._conn
+        conn.outbox.sched.settle()
+        return conn.state
 
     @property
     def last_event_id(self) -> str | None:
@@ -144,7 +148,9 @@ class Peer:
     @property
     def dropped(self) -> int:
         """Events discarded by the ``"drop-oldest"`` policy for this peer."""
-        return self._conn.outbox.dropped
+        outbox = self._conn.outbox
+        outbox.sched.settle()
+        return outbox.dropped
 
     def send(
         self,
@@ -157,6 +163,7 @@ class Peer:
         """Queue one event for this client; never blocks. A no-op once closing."""
         frame = encode_event(data, event=event, id=id, retry=retry)
         conn = self._conn
+        conn.outbox.sched.settle()  # a publish before may have closed it
         if conn.state == ReadyState.OPEN:
             stats = conn.registry.stats
             stats.frames_encoded += 1

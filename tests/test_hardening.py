@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from aiohttp_crossws_sse import CloseDetails, Peer, SSEError, define_hooks, sse_adapter
+from aiohttp_crossws_sse._logs import operator_log
 from aiohttp_crossws_sse.sync import MemoryHub, MemorySync
 from tests.conftest import EventReader, wait_until
 from tests.test_reliability import RawClient, app_for, url_of
@@ -571,7 +572,7 @@ async def test_wait_for_drain_is_false_when_a_gracefully_closing_peer_is_lost(
 
 
 async def _nearly_full_slow_peer(
-    aiohttp_client: Any, budget: int, closed: list[CloseDetails]
+    aiohttp_client: Any, budget: int, closed: list[CloseDetails], policy: str = "close"
 ) -> tuple[Any, Peer, Peer, EventReader, socket.socket]:
     """An adapter with ``max_buffer=budget``; a silent peer on topic "t" held
     just under it, and a healthy one reading. The publish the tests make
@@ -587,6 +588,7 @@ async def _nearly_full_slow_peer(
         define_hooks(open=open_, close=lambda p, d: closed.append(d)),
         max_buffer=budget,
         send_timeout=None,
+        slow_consumer=policy,
     )
     client = await aiohttp_client(app_for(sse))
     silent = await silent_client(url_of(client))
@@ -608,7 +610,9 @@ async def _healthy_gets(reader: EventReader, data: str) -> None:
         pass
 
 
-@pytest.mark.parametrize("then", ["subscribe", "close", "send", "unsubscribe"])
+@pytest.mark.parametrize(
+    "then", ["read", "subscribe", "close", "send", "unsubscribe", "wait_for_drain"]
+)
 async def test_a_call_after_an_unbound_publish_meets_the_policy_first(
     aiohttp_client: Any, caplog: pytest.LogCaptureFixture, then: str
 ) -> None:
@@ -616,6 +620,7 @@ async def test_a_call_after_an_unbound_publish_meets_the_policy_first(
     step) a call on that peer: the peer is closed as a slow consumer, as if
     the publish had been written at once, and the call finds it closed —
     it joins no topic, holds nothing, and its close reason is the policy's."""
+    operator_log.clear()  # the limiter is per process: other tests logged this too
     closed: list[CloseDetails] = []
     budget = 65536
     sse, slow, healthy, reader, silent = await _nearly_full_slow_peer(
@@ -630,8 +635,14 @@ async def test_a_call_after_an_unbound_publish_meets_the_policy_first(
                 slow.close(4000, "bye")
             elif then == "send":
                 slow.send("c" * 10)
-            else:
+            elif then == "unsubscribe":
                 slow.unsubscribe("t")
+            elif then == "wait_for_drain":  # awaited in this very step
+                assert await slow.wait_for_drain(timeout=5) is False
+            # What the publish did shows at once, as if written then.
+            stats = sse.stats()
+            assert (stats["slow_consumers"], stats["peers"]) == (1, 1)
+            assert list(sse.peers) == list(healthy.peers) == [healthy.id]
             assert slow.ready_state >= 2
             assert slow.buffered_amount == 0  # nothing held for a closed peer
             assert "u" not in slow.topics
@@ -644,5 +655,20 @@ async def test_a_call_after_an_unbound_publish_meets_the_policy_first(
         healthy.subscribe("u")
         sse.publish("u", "on u")
         await _healthy_gets(reader, "on u")
+    finally:
+        silent.close()
+
+
+async def test_drop_oldest_shows_at_once_after_an_unbound_publish(aiohttp_client: Any) -> None:
+    closed: list[CloseDetails] = []
+    sse, slow, _healthy, reader, silent = await _nearly_full_slow_peer(
+        aiohttp_client, 65536, closed, "drop-oldest"
+    )
+    try:
+        sse.publish("t", "b" * 3000)
+        assert slow.dropped > 0
+        assert sse.stats()["events_dropped"] == slow.dropped
+        assert slow.ready_state == 1 and not closed
+        await _healthy_gets(reader, "b" * 3000)
     finally:
         silent.close()
