@@ -488,17 +488,24 @@ async def test_graceful_close_after_client_half_close_does_not_spin(serve: Any) 
     silent.close()
 
 
-async def test_slow_consumer_closed_mid_burst_is_counted_once(aiohttp_client: Any) -> None:
+async def _nearly_full_slow_peer(
+    aiohttp_client: Any, budget: int, closed: list[CloseDetails], policy: str = "close"
+) -> tuple[Any, Peer, Peer, EventReader, socket.socket]:
+    """An adapter with ``max_buffer=budget``; a silent peer on topic "t" held
+    just under it, and a healthy one reading. The publish the tests make
+    next is the first of its loop iteration: its subscribers are not bound
+    when it returns."""
     peers: list[Peer] = []
-    closed: list[str | None] = []
 
     def open_(peer: Peer) -> None:
         peer.subscribe("t")
         peers.append(peer)
 
-    budget = 65536
     sse = sse_adapter(
-        define_hooks(open=open_, close=lambda p, d: closed.append(d.reason)), max_buffer=budget
+        define_hooks(open=open_, close=lambda p, d: closed.append(d)),
+        max_buffer=budget,
+        send_timeout=None,
+        slow_consumer=policy,
     )
     client = await aiohttp_client(app_for(sse))
     silent = await silent_client(url_of(client))
@@ -507,19 +514,30 @@ async def test_slow_consumer_closed_mid_burst_is_counted_once(aiohttp_client: An
     slow = peers[0]
     reader = EventReader(await client.get("/sse"))
     await wait_until(lambda: len(peers) == 2)
-    for _ in range(20):  # fill the slow one up to just under max_buffer
-        while slow.ready_state == 1 and slow.buffered_amount + 1200 <= budget:
+    for _ in range(20):
+        while slow.ready_state == 1 and slow.buffered_amount + 2400 <= budget:
             sse.publish("t", "a" * 1000)
         await asyncio.sleep(0.02)
-    for _ in range(200):  # a burst of three times max_buffer
-        sse.publish("t", "b" * 1000)
-    assert slow.ready_state >= 2 and slow.buffered_amount == 0
-    await wait_until(lambda: closed == ["slow consumer"])
-    assert sse.stats()["slow_consumers"] == 1
-    got = 0  # the healthy peer gets the whole burst
-    while got < 200:
-        got += (await reader.next()).data == "b" * 1000
-    silent.close()
+    assert slow.ready_state == 1
+    return sse, slow, peers[1], reader, silent
+
+
+async def test_slow_consumer_closed_mid_burst_is_counted_once(aiohttp_client: Any) -> None:
+    closed: list[CloseDetails] = []
+    sse, slow, _healthy, reader, silent = await _nearly_full_slow_peer(
+        aiohttp_client, 65536, closed
+    )
+    try:
+        for _ in range(200):  # a burst of three times max_buffer
+            sse.publish("t", "b" * 1000)
+        assert slow.ready_state >= 2 and slow.buffered_amount == 0
+        await wait_until(lambda: [d.reason for d in closed] == ["slow consumer"])
+        assert sse.stats()["slow_consumers"] == 1
+        got = 0  # the healthy peer gets the whole burst
+        while got < 200:
+            got += (await reader.next()).data == "b" * 1000
+    finally:
+        silent.close()
 
 
 async def test_tiny_max_buffer_bounds_publishes_too(aiohttp_client: Any) -> None:
@@ -569,40 +587,6 @@ async def test_wait_for_drain_is_false_when_a_gracefully_closing_peer_is_lost(
 
 
 # -- found by a review of the unbound first publish (Scheduler.settle) -------------------------
-
-
-async def _nearly_full_slow_peer(
-    aiohttp_client: Any, budget: int, closed: list[CloseDetails], policy: str = "close"
-) -> tuple[Any, Peer, Peer, EventReader, socket.socket]:
-    """An adapter with ``max_buffer=budget``; a silent peer on topic "t" held
-    just under it, and a healthy one reading. The publish the tests make
-    next is the first of its loop iteration: its subscribers are not bound
-    when it returns."""
-    peers: list[Peer] = []
-
-    def open_(peer: Peer) -> None:
-        peer.subscribe("t")
-        peers.append(peer)
-
-    sse = sse_adapter(
-        define_hooks(open=open_, close=lambda p, d: closed.append(d)),
-        max_buffer=budget,
-        send_timeout=None,
-        slow_consumer=policy,
-    )
-    client = await aiohttp_client(app_for(sse))
-    silent = await silent_client(url_of(client))
-    await wait_until(lambda: len(peers) == 1)
-    _small_sndbuf(peers[0], 4096)
-    slow = peers[0]
-    reader = EventReader(await client.get("/sse"))
-    await wait_until(lambda: len(peers) == 2)
-    for _ in range(20):
-        while slow.ready_state == 1 and slow.buffered_amount + 2400 <= budget:
-            sse.publish("t", "a" * 1000)
-        await asyncio.sleep(0.02)
-    assert slow.ready_state == 1
-    return sse, slow, peers[1], reader, silent
 
 
 async def _healthy_gets(reader: EventReader, data: str) -> None:

@@ -137,18 +137,27 @@ peer_ids = st.integers(0, PEERS - 1)
 topic_ids = st.integers(0, TOPICS - 1)
 sizes = st.sampled_from([8, 40, 300, EAGER_WRITE + 10])
 publishes = st.tuples(st.just("publish"), topic_ids, st.none() | peer_ids, sizes)
+
+
+def peer_ops(topics: st.SearchStrategy[int]) -> list[st.SearchStrategy[tuple[Any, ...]]]:
+    """What happens to one peer between publishes, on ``topics``."""
+    return [
+        st.tuples(st.just("send"), peer_ids, sizes),
+        st.tuples(st.just("subscribe"), peer_ids, topics),
+        st.tuples(st.just("unsubscribe"), peer_ids, topics),
+        st.tuples(st.just("pause"), peer_ids),
+        st.tuples(st.just("resume"), peer_ids),
+        st.tuples(st.just("read"), peer_ids),
+        st.tuples(st.just("tick")),
+    ]
+
+
 ops = st.one_of(
     publishes,
     publishes,
     publishes,
-    st.tuples(st.just("send"), peer_ids, sizes),
-    st.tuples(st.just("subscribe"), peer_ids, topic_ids),
-    st.tuples(st.just("unsubscribe"), peer_ids, topic_ids),
-    st.tuples(st.just("pause"), peer_ids),
-    st.tuples(st.just("resume"), peer_ids),
-    st.tuples(st.just("read"), peer_ids),
+    *peer_ops(topic_ids),
     st.tuples(st.just("send_held"), peer_ids),
-    st.tuples(st.just("tick")),
 )
 # Start with most peers subscribed somewhere, so that publishes meet subscribers.
 initial = st.lists(st.tuples(st.just("subscribe"), peer_ids, topic_ids), min_size=2, max_size=8)
@@ -254,13 +263,7 @@ burst_ops = st.one_of(
     st.tuples(st.just("publish"), one_topic, st.none() | peer_ids, sizes),
     st.tuples(st.just("publish"), one_topic, st.none(), sizes),
     st.tuples(st.just("publish"), one_topic, st.none(), sizes),
-    st.tuples(st.just("send"), peer_ids, sizes),
-    st.tuples(st.just("subscribe"), peer_ids, one_topic),
-    st.tuples(st.just("unsubscribe"), peer_ids, one_topic),
-    st.tuples(st.just("pause"), peer_ids),
-    st.tuples(st.just("resume"), peer_ids),
-    st.tuples(st.just("read"), peer_ids),
-    st.tuples(st.just("tick")),
+    *peer_ops(one_topic),
 )
 one_topic_setup = st.lists(
     st.tuples(st.just("subscribe"), peer_ids, one_topic), min_size=2, max_size=6
