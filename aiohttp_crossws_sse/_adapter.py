@@ -12,7 +12,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from ._bidir import receive
+from ._bidir import receive, refuse
 from ._connection import Connection
 from ._frame import encode_retry
 from ._hooks import (
@@ -424,13 +424,13 @@ class SSEAdapter:
         except Exception as exc:
             return await self._failed(hooks, "upgrade failed", exc)
         if not peer_id:
-            return web.Response(status=400, text=f"missing {PEER_ID_HEADER} header")
+            return refuse(request, f"missing {PEER_ID_HEADER} header", self.options)
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
         if conn is not None:
             conn.outbox.sched.settle()  # a publish before may have closed it
         if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
-            return web.Response(status=400, text="unknown peer id")
+            return refuse(request, "unknown peer id", self.options)
         return await receive(
             request,
             conn,

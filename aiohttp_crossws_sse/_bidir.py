@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._options import Options
 
-__all__ = ["LINGER", "MESSAGE_OVERHEAD", "receive"]
+__all__ = ["LINGER", "MESSAGE_OVERHEAD", "receive", "refuse"]
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], object]
 
@@ -111,6 +111,16 @@ async def receive(
         finally:
             inbox.detach(channel)
     return channel.response()
+
+
+def refuse(request: web.Request, reason: str, options: Options) -> web.StreamResponse:
+    """400 for a ``POST`` that reaches no peer (its id missing or unknown):
+    the body is dropped, and the connection closes right after the response
+    rather than after aiohttp's lingering read of a body that may never end.
+    Raises the response, as ``receive`` does for errors."""
+    channel = _Channel(request, None, None, options)
+    channel.status, channel.reason = 400, reason
+    return channel.reject()
 
 
 # -- one peer's inbox ------------------------------------------------------------------------
@@ -323,7 +333,11 @@ class _Channel:
     )
 
     def __init__(
-        self, request: web.Request, conn: Connection, inbox: _Inbox | None, options: Options
+        self,
+        request: web.Request,
+        conn: Connection | None,
+        inbox: _Inbox | None,
+        options: Options,
     ) -> None:
         self.request = request
         self.conn = conn
@@ -820,10 +834,11 @@ class _Channel:
         self.paused = False
         if self.transport is not None:
             _resume(self.transport)
-        if not linger or self.loop.time() - self.last >= LINGER:
+        conn = self.conn
+        if not linger or conn is None or self.loop.time() - self.last >= LINGER:
             self._feed_eof()
             return
-        self.conn.ended.add_done_callback(self._linger_over)
+        conn.ended.add_done_callback(self._linger_over)
         self.timer = self.loop.call_at(self.last + LINGER, self._linger_check)
 
     def response_written(self) -> None:
@@ -858,8 +873,9 @@ class _Channel:
         self.eof_fed = True
         if not self.open:
             self._cancel_timer()
-        with contextlib.suppress(ValueError):
-            self.conn.ended.remove_done_callback(self._linger_over)
+        if self.conn is not None:
+            with contextlib.suppress(ValueError):
+                self.conn.ended.remove_done_callback(self._linger_over)
         if not self.content.is_eof():
             self.content.feed_eof()
 

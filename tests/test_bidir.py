@@ -1053,6 +1053,25 @@ async def test_open_post_closes_its_connection_right_after_the_response(
     stream.close()
 
 
+@pytest.mark.parametrize("which", ["unknown", "missing", "lookalike"])
+async def test_post_for_no_peer_closes_its_connection_right_after_the_400(
+    aiohttp_client: Any, raw_post: Any, which: str
+) -> None:
+    """A streamed POST with an unknown or missing peer id, its body unfinished:
+    the 400 comes, then the connection closes — not after aiohttp's 10 s
+    lingering read of a body that never ends."""
+    got, _sse, client, stream, peer_id = await setup(aiohttp_client)
+    post = await raw_post(client)
+    ids = {"unknown": "no-such-peer", "missing": None, "lookalike": peer_id + "x"}
+    await post.send(head(ids[which]) + b"4\r\nping")
+    status, headers, body = await post.response()
+    assert (status, headers["connection"]) == (400, "close")
+    assert body in (b"unknown peer id", b"missing x-crossws-id header")
+    assert await post.closed_by_server(timeout=5)  # a hang guard: aiohttp lingers 10 s
+    assert got.texts == []
+    stream.close()
+
+
 async def test_refused_upload_ends_right_after_the_response(
     aiohttp_client: Any, raw_post: Any
 ) -> None:
