@@ -306,6 +306,8 @@ class Outbox(Forwarder):
             return
         if self.batch is not None:
             self.batch.release(self)
+            if self.discarded:  # the batch's frames put it over max_buffer
+                return
         queue = self.queue
         if not queue:
             self.sched.mark(self)

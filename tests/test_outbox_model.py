@@ -23,7 +23,7 @@ import asyncio
 import socket
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from aiohttp_crossws_sse._frame import EAGER_WRITE
@@ -40,12 +40,13 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.data = bytearray()
         self.protocol: Any = None
+        self.closing = False
 
     def write(self, data: Any) -> None:
         self.data += data
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -60,7 +61,7 @@ class RecordingTransport(asyncio.Transport):
         return self.protocol  # type: ignore[no-any-return]
 
     def abort(self) -> None:
-        raise AssertionError("nothing is over any limit here")
+        self.closing = True
 
     def received(self) -> bytes:
         return bytes(self.data)
@@ -92,7 +93,7 @@ class SocketTransport(RecordingTransport):
         self._send()
 
     def _send(self) -> None:
-        while self.held:
+        while self.held and not self.closing:
             try:
                 sent = self.sock.send(self.held)
             except BlockingIOError:
@@ -109,17 +110,25 @@ class SocketTransport(RecordingTransport):
                 chunk = self.client.recv(1 << 16)
             except BlockingIOError:
                 return
+            if not chunk:  # aborted: the server's end is closed
+                return
             self.data += chunk
 
     def send_held(self) -> None:
         """The loop finds the socket writable: the transport sends what it holds."""
         self._send()
 
+    def abort(self) -> None:
+        """As uvloop does: the socket is closed at once, what is held is lost."""
+        self.closing = True
+        self.held.clear()
+        self.sock.close()
+
     def received(self) -> bytes:
         while True:
             self.read()
             self._send()
-            if not self.held:
+            if not self.held or self.closing:
                 self.read()
                 return bytes(self.data)
 
@@ -129,8 +138,26 @@ class SocketTransport(RecordingTransport):
 
 
 class Owner:
+    """Ends its peer as ``Connection.end`` does — it leaves every topic, then
+    its outbox aborts — when the run allows it (a small ``max_buffer``)."""
+
+    def __init__(self, leave_all: Any = None) -> None:
+        self.leave_all = leave_all
+        self.outbox: Outbox | None = None
+        self.ended = False
+
     def end_abruptly(self, reason: str) -> None:
-        raise AssertionError(f"ended: {reason}")
+        if self.leave_all is None:
+            raise AssertionError(f"ended: {reason}")
+        if self.ended:
+            return
+        self.ended = True
+        self.leave_all()
+        assert self.outbox is not None
+        self.outbox.abort()
+
+    def dropped_events(self, count: int) -> None:
+        raise AssertionError("the policy here is 'close'")
 
 
 peer_ids = st.integers(0, PEERS - 1)
@@ -163,25 +190,45 @@ ops = st.one_of(
 initial = st.lists(st.tuples(st.just("subscribe"), peer_ids, topic_ids), min_size=2, max_size=8)
 
 
-async def run(script: list[tuple[Any, ...]], segment: int, sockets: bool) -> None:
+async def run(
+    script: list[tuple[Any, ...]], segment: int, sockets: bool, max_buffer: int | None = None
+) -> None:
+    """Run ``script``; with ``max_buffer``, a peer held over it is ended (the
+    "close" policy) and gets a prefix of its stream; the others get theirs whole."""
     stats = Stats()
-    sched = Scheduler(Options(max_buffer=1 << 30), stats)
-    sched.segment = segment  # small segments exercise writes mid-batch
+    sched = Scheduler(Options(max_buffer=max_buffer or 1 << 30), stats)
+    if max_buffer is None:
+        sched.segment = segment  # small segments exercise writes mid-batch
     ns = Namespace("/")
     kind_of_transport = SocketTransport if sockets else RecordingTransport
     transports = [kind_of_transport() for _ in range(PEERS)]
-    outboxes = []
-    for transport in transports:
+    subscribed: list[set[int]] = [set() for _ in range(TOPICS)]
+    outboxes: list[Outbox] = []
+    owners: list[Owner] = []
+
+    def leave_all(p: int) -> None:
+        for t in range(TOPICS):
+            if p in subscribed[t]:
+                ns.leave(f"t{t}", outboxes[p])
+
+    for p, transport in enumerate(transports):
         transport.set_protocol(asyncio.Protocol())
-        outbox = Outbox(sched, Owner(), chunked=True)
+        owner = Owner((lambda p=p: leave_all(p)) if max_buffer else None)
+        outbox = owner.outbox = Outbox(sched, owner, chunked=True)
         outbox.attach(transport)
         assert (outbox.fd >= 0) == sockets
         outboxes.append(outbox)
+        owners.append(owner)
     expected = [bytearray() for _ in range(PEERS)]
-    subscribed: list[set[int]] = [set() for _ in range(TOPICS)]
     paused = [False] * PEERS
     for n, op in enumerate(script):
         kind = op[0]
+        if kind in ("send", "subscribe", "unsubscribe", "pause", "resume"):
+            # As Connection and Peer do: settle first (that may end the
+            # peer), then nothing more for an ended one.
+            sched.settle()
+            if owners[op[1]].ended:
+                continue
         if kind == "send":
             _, p, size = op
             frame = b"%d:send:%d|" % (n, p)
@@ -225,13 +272,21 @@ async def run(script: list[tuple[Any, ...]], segment: int, sockets: bool) -> Non
         else:
             await asyncio.sleep(0)
     for p in range(PEERS):
-        if paused[p]:
+        if paused[p] and not owners[p].ended:
             transports[p].protocol.resume_writing()
     for _ in range(3):
         await asyncio.sleep(0)
+    if max_buffer:
+        event(f"peers ended: {sum(owner.ended for owner in owners)}")
     try:
         for p in range(PEERS):
-            assert transports[p].received() == bytes(expected[p]), f"peer {p}"
+            got = transports[p].received()
+            if owners[p].ended:
+                assert bytes(expected[p]).startswith(got), f"peer {p}: not a prefix"
+                assert outboxes[p].discarded and outboxes[p].queue is None
+                assert all(outboxes[p] not in fanout for fanout in ns.topics.values())
+            else:
+                assert got == bytes(expected[p]), f"peer {p}"
             assert outboxes[p].queued == 0 and outboxes[p].batch is None
     finally:
         for transport in transports:
@@ -284,3 +339,17 @@ def test_sparse_publishes_keep_call_order(
     setup: list[tuple[Any, ...]], script: list[tuple[Any, ...]], sockets: bool
 ) -> None:
     asyncio.run(run(setup + script, 1 << 20, sockets))
+
+
+# More pauses, and fewer reads, so that peers fall behind.
+pressure_ops = st.one_of(ops, st.tuples(st.just("pause"), peer_ids), publishes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(pressure_ops, min_size=30, max_size=100), st.booleans())
+def test_peers_over_max_buffer_end_cleanly(script: list[tuple[Any, ...]], sockets: bool) -> None:
+    """A small max_buffer: peers that fall behind are ended mid-script —
+    within a publish, or when a later call settles an unbound batch — and
+    leave no trace in any topic; the others still get every frame in order."""
+    everyone = [("subscribe", p, t) for p in range(PEERS) for t in range(TOPICS)]
+    asyncio.run(run(everyone + script, 0, sockets, max_buffer=1_000))
