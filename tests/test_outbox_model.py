@@ -15,6 +15,11 @@ loop of their own for a whole batch) then meet full sockets, partial writes
 and a transport that holds bytes; the client end is read only when a script
 says so. The same paths over TCP are covered by the HTTP tests (test_pubsub,
 test_reliability, test_hardening, test_write_path).
+
+With a small ``max_buffer``, peers that fall behind are ended as
+``Connection.end`` does (they leave every topic, their outbox aborts) at
+whatever point the policy applies: an ended peer must have got a prefix of
+its stream and be in no topic, and the others must still get theirs whole.
 """
 
 from __future__ import annotations
