@@ -9,16 +9,17 @@ Two owners:
 
 - ``_Channel``, one per POST: turns its body into messages. It stands in
   front of aiohttp's protocol (``_Tap``, a ``Forwarder``) to see every read
-  as it happens. Plain bodies, and chunked ones under aiohttp's pure-Python
-  parser, stay with aiohttp's parser and are drained right after each read
-  (``FORWARD``; the connection stays reusable). Chunked bodies under llhttp,
-  aiohttp's C parser, are decoded here (``RAW``, ``_chunked``), because
-  llhttp reports a chunk's end only when the CRLF after it arrives — and
-  Node's ``fetch`` sends that CRLF with the *next* chunk. ``_llhttp`` (the only
-  module that knows aiohttp's internals) tells where llhttp stood when the
-  handler took over. Without those internals, aiohttp's public
-  ``readchunk()`` is used (``BASIC``: correct, but such a chunk arrives one
-  message late).
+  as it happens. Plain bodies stay with aiohttp's parser and are drained
+  right after each read (``FORWARD``; the connection stays reusable). Chunked
+  bodies are decoded here (``RAW``, ``_chunked``) from where aiohttp's parser
+  stood when the handler took over, which ``_llhttp`` (the only module that
+  knows aiohttp's internals) tells: under llhttp, aiohttp's C parser, because
+  it reports a chunk's end only when the CRLF after it arrives — and Node's
+  ``fetch`` sends that CRLF with the *next* chunk; under the pure-Python
+  parser, so that framing errors, limits and stalls are seen as under llhttp
+  (that parser gets the connection back at the body's end: it stays
+  reusable). Without those internals, aiohttp's public ``readchunk()`` is
+  used (``BASIC``: correct, but such a chunk arrives one message late).
 - ``_Inbox``, one per peer (in ``Connection.inbox``): hands the messages of
   all that peer's POSTs to its ``message`` hooks one at a time, in arrival
   order, in a task of its own — a dropped POST never cancels a hook half-way.
@@ -290,13 +291,14 @@ class _Channel:
     """One POST body (see the module docstring).
 
     Modes: ``_FORWARD`` (aiohttp parses, drained after every read), ``_RAW``
-    (our ``ChunkedDecoder`` reads what llhttp no longer sees), ``_DROP``
+    (our ``ChunkedDecoder`` reads what aiohttp's parser no longer sees), ``_DROP``
     (bytes ignored: refused or ended early) and ``_BASIC`` (aiohttp's public
     ``readchunk()``, in a task of its own).
     """
 
     __slots__ = (
         "_ahead",
+        "beyond",
         "body_done",
         "buf",
         "chunked",
@@ -307,6 +309,7 @@ class _Channel:
         "eof_fed",
         "gone",
         "grace",
+        "handback",
         "held",
         "inbox",
         "inner",
@@ -361,6 +364,8 @@ class _Channel:
         self.pending = 0  # messages of this POST queued or being handled
         self.decoder: ChunkedDecoder | None = None
         self.takeover: _llhttp.Takeover | None = None
+        self.handback: _llhttp.PythonTakeover | None = None  # RAW under the Python parser
+        self.beyond = False  # RAW: bytes came after the body's end (they are dropped)
         self._ahead = False  # RAW: llhttp's position is learnt from the first new bytes
         self.transport: asyncio.Transport | None = None
         self.inner: Any = None  # aiohttp's protocol
@@ -415,13 +420,18 @@ class _Channel:
         content = self.content
         if self._tap_possible() and (not self.chunked or _llhttp.reads_chunk_ends(content)):
             parser = _llhttp.llhttp_parser(self.request) if self.chunked else None
+            python = None
+            if self.chunked and parser is None:
+                python = _llhttp.PythonTakeover.of(self.request)
             self.mode = _FORWARD
             self._install_tap()
-            # Before llhttp is left behind, everything it parsed (or holds
-            # back, paused) must be taken, whatever the inbox says: once
-            # probed, it cannot give any of it back.
-            self._pull(stop_when_paused=parser is None)
-            if self.open and parser is not None:
+            # Before aiohttp's parser is left behind, everything it parsed (or
+            # holds back, paused) must be taken, whatever the inbox says: it
+            # is not read again (llhttp, once probed, cannot give any of it back).
+            self._pull(stop_when_paused=parser is None and python is None)
+            if self.open and python is not None:
+                self._take_over(python)
+            elif self.open and parser is not None:
                 self.mode = _RAW
                 self.takeover = _llhttp.Takeover(parser, content)
                 if self.buf is not None:
@@ -459,12 +469,22 @@ class _Channel:
         if self.tap is None or self.gone:
             return
         if self.body_done:
+            handback = self.handback
+            if (
+                self.mode == _RAW
+                and handback is not None
+                and not self.beyond
+                and handback.give_back()
+            ):
+                self.mode = _FORWARD  # aiohttp's Python parser is past the body now
             if self.mode == _FORWARD:
                 # aiohttp's parser is intact: give it the connection back
                 # (keep-alive works, pipelined requests are served).
                 self._uninstall_tap()
             else:
-                self.mode = _DROP  # llhttp was probed: bytes after the body are lost
+                # llhttp was probed, or bytes after the body were read here:
+                # those are lost, and the connection closes after the response.
+                self.mode = _DROP
             return
         self._end_early(linger=not self.ended)
 
@@ -482,8 +502,8 @@ class _Channel:
             resp = _Ok()
         else:
             resp = _ERRORS[status](text=self.reason)
-        # After llhttp was probed, or with the body unfinished, aiohttp cannot
-        # parse a next request on this connection.
+        # After llhttp was probed (or bytes after the body were dropped), or
+        # with the body unfinished, aiohttp cannot parse a next request here.
         if not (self.body_done and self.mode in (_FORWARD, _BASIC)):
             resp.force_close()
         if self.tap is not None and not self.eof_fed and not self.gone:
@@ -662,6 +682,22 @@ class _Channel:
 
     # -- RAW: the channel decodes --------------------------------------------------------------
 
+    def _take_over(self, python: _llhttp.PythonTakeover) -> None:
+        """Decode from where aiohttp's Python parser stopped (its position is
+        read, not probed); in an unknown state it just goes on (FORWARD)."""
+        located = python.locate()
+        if located is None:
+            return
+        self.mode = _RAW
+        self.handback = python
+        if located.due > self.limit - (0 if self.buf is None else len(self.buf)):
+            self._refuse(413)
+            self.mode = _DROP
+            return
+        self.decoder = ChunkedDecoder(self, located.position)
+        if located.unparsed:
+            self._decode(located.unparsed)
+
     def _locate_in_data(self) -> None:
         """llhttp stopped inside a chunk whose data it has partly passed on."""
         assert self.takeover is not None and self.buf is not None
@@ -704,7 +740,10 @@ class _Channel:
             self.mode = _DROP
             self.decoder = None
             return
-        if used < len(data) and self.open and decoder.state != State.DONE:
+        if decoder.state == State.DONE:
+            if used < len(data):
+                self.beyond = True
+        elif used < len(data) and self.open:
             # Paused after a chunk: the rest of this read waits undecoded — at
             # most one read per POST, a fraction of what it would cost as
             # many tiny messages (not counted as held: pausing cannot free it).

@@ -89,7 +89,9 @@ class Position:
     when it is used up, the decoder calls ``more()`` to learn how much further
     the chunk goes. ``prefix`` (``SIZE``): the value of the size digits
     already read by someone else; ``in_ext``: that reader stopped inside a
-    chunk extension, so the rest of the line holds no digits.
+    chunk extension, so the rest of the line holds no digits. ``trailers``
+    (``TRAILERS``): the trailer fields already read (they count towards
+    ``MAX_TRAILERS``).
     """
 
     state: State = State.SIZE
@@ -98,6 +100,7 @@ class Position:
     prefix: int | None = None
     in_ext: bool = False
     more: More | None = None
+    trailers: int = 0
 
 
 _START = Position()
@@ -136,7 +139,7 @@ class ChunkedDecoder:
         self._prefix = start.prefix
         self._in_ext = start.in_ext
         self._more = start.more
-        self._trailers = 0
+        self._trailers = start.trailers
 
     @property
     def between_chunks(self) -> bool:

@@ -991,21 +991,27 @@ async def test_app_shutdown_ends_posts_and_hooks(aiohttp_client: Any, raw_post: 
 # -- regressions: aiohttp versions, lingering, memory, bounds ----------------------------------
 
 
-async def test_llhttp_is_recognised_on_this_aiohttp(aiohttp_client: Any, raw_post: Any) -> None:
-    """The takeover of llhttp works on this aiohttp version (CI runs this file
-    on the oldest supported one too): without it, Node's framing below would
-    still arrive, but one message late."""
+async def test_the_parser_in_use_is_taken_over_on_this_aiohttp(
+    aiohttp_client: Any, raw_post: Any
+) -> None:
+    """The takeover of aiohttp's parser — llhttp, or the pure-Python one when
+    aiohttp runs without its C extensions — works on this aiohttp version
+    (CI runs this file on the oldest supported one too, with either parser):
+    without it, Node's framing below would still arrive, but one message
+    late under llhttp."""
     from aiohttp import http_parser
 
     from aiohttp_crossws_sse import _llhttp
 
-    if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy:
-        pytest.skip("aiohttp runs without its C extensions here")
+    python = http_parser.HttpRequestParser is http_parser.HttpRequestParserPy
     found: list[bool] = []
 
     def upgrade(request: web.Request) -> None:
         if request.method == "POST":
-            found.append(_llhttp.llhttp_parser(request) is not None)
+            if python:
+                found.append(_llhttp.PythonTakeover.of(request) is not None)
+            else:
+                found.append(_llhttp.llhttp_parser(request) is not None)
 
     got = Got()
     sse = sse_adapter(define_hooks(upgrade=upgrade, message=got.message), bidir=True)
@@ -1019,6 +1025,93 @@ async def test_llhttp_is_recognised_on_this_aiohttp(aiohttp_client: Any, raw_pos
     await post.send(b"\r\n0\r\n\r\n")
     assert (await post.response())[0] == 200
     assert found == [True]
+    stream.close()
+
+
+PYTHON_STOPS = {  # where aiohttp's Python parser stopped when the handler took over
+    "at-start": (b"", b"2\r\nab\r\n", ["ab"]),
+    "in-size": (b"1", b"\r\na\r\n", ["a"]),
+    "in-extension": (b"1;na", b"me=v\r\na\r\n", ["a"]),
+    "after-size": (b"2\r\n", b"ab\r\n", ["ab"]),
+    "in-data": (b"5\r\nhe", b"llo\r\n", ["hello"]),
+    "after-data": (b"2\r\nab", b"\r\n", ["ab"]),
+    "in-crlf": (b"2\r\nab\r", b"\n", ["ab"]),
+    "in-trailers": (b"1\r\na\r\n0\r\nx: y\r\nz", b": w\r\n", ["a"]),
+}
+
+
+@pytest.mark.parametrize("where", list(PYTHON_STOPS))
+async def test_python_parser_is_taken_over_on_this_aiohttp(
+    aiohttp_client: Any, raw_post: Any, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """aiohttp's Python parser (forced here; CI also runs this file under
+    AIOHTTP_NO_EXTENSIONS and on the oldest aiohttp) is taken over wherever it
+    stopped — its position read, not probed — and gets the connection back
+    at the body's end: keep-alive works, the next request is served."""
+    from aiohttp import http_parser, web_protocol
+
+    from aiohttp_crossws_sse import _llhttp
+
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    first, rest, expected = PYTHON_STOPS[where]
+    found: list[bool] = []
+
+    class Recorder(Got):
+        def upgrade(self, request: web.Request) -> None:
+            super().upgrade(request)
+            if request.method == "POST" and request.headers.get("Transfer-Encoding"):
+                found.append(_llhttp.PythonTakeover.of(request) is not None)
+
+    got = Recorder()
+    sse = sse_adapter(got, bidir=True)
+    client = await aiohttp_client(make_app(sse))
+    stream, _, peer_id = await open_stream(client)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + first)
+    await wait_until(lambda: got.posts == 1)
+    await post.send(rest)
+    if where != "in-trailers":
+        await post.send(b"0\r\n\r\n")
+    else:
+        await post.send(b"\r\n")
+    status, headers, _ = await post.response()
+    assert (status, got.texts, found) == (200, expected, [True])
+    assert headers.get("connection") != "close"
+    await post.send(head(peer_id, chunked=False, extra="Content-Length: 4") + b"next")
+    assert (await post.response())[0] == 200
+    await wait_until(lambda: got.texts == [*expected, "next"])
+    stream.close()
+
+
+async def test_python_parser_refuses_what_it_had_only_begun(
+    aiohttp_client: Any, raw_post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken over inside a size line, the Python parser's digits so far count:
+    a chunk over the limit is refused from its size line alone, and a
+    pipelined request behind a body is dropped with the connection (as under
+    llhttp)."""
+    from aiohttp import http_parser, web_protocol
+
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=10)
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nhi\r\n1")
+    await wait_until(lambda: got.texts == ["hi"])
+    await post.send(b"4\r\n")  # 0x14 = 20 bytes declared
+    assert (await post.response())[0] == 413
+    assert await post.closed_by_server()
+    post.close()
+    post = await raw_post(client)
+    await post.send(head(peer_id) + b"2\r\nho")
+    await wait_until(lambda: got.texts == ["hi", "ho"])
+    await post.send(
+        b"\r\n0\r\n\r\n" + head(peer_id, chunked=False, extra="Content-Length: 1") + b"x"
+    )
+    status, headers, _ = await post.response()
+    assert (status, headers["connection"]) == (200, "close")
+    assert await post.closed_by_server()
+    assert got.texts == ["hi", "ho"]
+    post.close()
     stream.close()
 
 
