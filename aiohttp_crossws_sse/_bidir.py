@@ -298,7 +298,6 @@ class _Channel:
 
     __slots__ = (
         "_ahead",
-        "beyond",
         "body_done",
         "buf",
         "chunked",
@@ -365,7 +364,6 @@ class _Channel:
         self.decoder: ChunkedDecoder | None = None
         self.takeover: _llhttp.Takeover | None = None
         self.handback: _llhttp.PythonTakeover | None = None  # RAW under the Python parser
-        self.beyond = False  # RAW: bytes came after the body's end (they are dropped)
         self._ahead = False  # RAW: llhttp's position is learnt from the first new bytes
         self.transport: asyncio.Transport | None = None
         self.inner: Any = None  # aiohttp's protocol
@@ -469,21 +467,13 @@ class _Channel:
         if self.tap is None or self.gone:
             return
         if self.body_done:
-            handback = self.handback
-            if (
-                self.mode == _RAW
-                and handback is not None
-                and not self.beyond
-                and handback.give_back()
-            ):
-                self.mode = _FORWARD  # aiohttp's Python parser is past the body now
             if self.mode == _FORWARD:
                 # aiohttp's parser is intact: give it the connection back
                 # (keep-alive works, pipelined requests are served).
                 self._uninstall_tap()
             else:
-                # llhttp was probed, or bytes after the body were read here:
-                # those are lost, and the connection closes after the response.
+                # llhttp was probed, or the body was refused: bytes after it
+                # are lost, and the connection closes after the response.
                 self.mode = _DROP
             return
         self._end_early(linger=not self.ended)
@@ -741,8 +731,20 @@ class _Channel:
             self.decoder = None
             return
         if decoder.state == State.DONE:
-            if used < len(data):
-                self.beyond = True
+            rest = data[used:] if used < len(data) else b""
+            handback = self.handback
+            if (
+                self.mode == _RAW
+                and self.status is None
+                and handback is not None
+                and handback.give_back()
+            ):
+                # aiohttp's Python parser is past the body now: it reads
+                # what follows (a pipelined request), and keep-alive works.
+                self.mode = _FORWARD
+                if rest:
+                    self.inner.data_received(rest)
+            # (else what follows the body is dropped, as after llhttp)
         elif used < len(data) and self.open:
             # Paused after a chunk: the rest of this read waits undecoded — at
             # most one read per POST, a fraction of what it would cost as
