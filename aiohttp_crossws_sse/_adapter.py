@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol, cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -245,8 +245,8 @@ class SSEAdapter:
         if app.frozen:
             raise RuntimeError("SSEAdapter.setup() must be called before the app starts")
         self._app = app
-        app.on_startup.append(self._on_startup)
-        app.on_shutdown.append(self._on_shutdown)
+        _signal(app.on_startup).append(self._on_startup)
+        _signal(app.on_shutdown).append(self._on_shutdown)
 
     async def _on_startup(self, app: web.Application) -> None:
         await self.start()
@@ -503,3 +503,13 @@ def sse_adapter(
     value raises ``ValueError``/``TypeError`` naming the option.
     """
     return SSEAdapter(hooks, resolve=resolve, bidir=bidir, **options)
+
+
+class _AppSignal(Protocol):
+    def append(self, handler: Callable[[web.Application], Awaitable[None]], /) -> None: ...
+
+
+def _signal(signal: object) -> _AppSignal:
+    """``app.on_startup``/``on_shutdown``, typed the same on every aiohttp in
+    our range (3.12.0's annotation disagrees with aiosignal 1.4's ``Signal``)."""
+    return cast(_AppSignal, signal)

@@ -428,7 +428,8 @@ class _ProbeReader(StreamReader):
 
     __slots__ = ()
 
-    def feed_data(self, data: bytes, size: int = 0) -> bool:
+    # Any: aiohttp 3.14 returns a bool here, earlier releases None
+    def feed_data(self, data: bytes, size: int = 0) -> Any:
         if _recording is not None:
             _recording.fed += len(data)
         return False  # aiohttp 3.14: "no more data pending"

@@ -8,6 +8,10 @@ test example with pytest, the quick start with its Python client, the bare
 handler and the metrics endpoint, each as ``python NAME`` with the fresh
 venv's interpreter.
 
+pip installs what ``PIP_CONSTRAINT`` allows: ``./scripts/test`` points it at
+an export of ``uv.lock``, so CI builds and installs the locked versions
+(``./scripts/test-latest`` runs this with the newest ones).
+
 One module-scoped fixture builds and installs once. Deselect with
 ``-m "not first_hour"``. Under ``CI=true`` a failing build or install fails;
 elsewhere it is skipped when pip cannot reach the package index.

@@ -291,9 +291,12 @@ async def test_a_silent_reconnect_by_the_clients_retry_policy_is_reported(
     since what was published meanwhile was missed."""
     from redis.asyncio.retry import Retry
     from redis.backoff import ConstantBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    client = redis_asyncio.Redis.from_url(
-        own_redis_server.url, retry=Retry(ConstantBackoff(0.2), 50)
+    client = redis_asyncio.Redis.from_url(  # retry_on_error: redis-py 5 retries nothing without it
+        own_redis_server.url,
+        retry=Retry(ConstantBackoff(0.2), 50),
+        retry_on_error=[RedisConnectionError],
     )
     got, other = Collected(), Collected()
     one = RedisSync(client, channel="silent")

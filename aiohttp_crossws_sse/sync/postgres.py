@@ -102,8 +102,8 @@ class PostgresSync(RelaySync):
         self.dsn = dsn
         self.table = table
         self.retention = float(retention)
-        self._publisher: asyncpg.Connection | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._publisher: asyncpg.Connection[asyncpg.Record] | None = None
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
         self._connection_lost: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()  # one query at a time on the listening connection
         self._inbox: deque[str] = deque()  # bodies waiting behind a stored payload
@@ -167,13 +167,15 @@ class PostgresSync(RelaySync):
             raise
 
     @staticmethod
-    async def _notify(publisher: asyncpg.Connection, run: list[tuple[str, str]]) -> None:
+    async def _notify(
+        publisher: asyncpg.Connection[asyncpg.Record], run: list[tuple[str, str]]
+    ) -> None:
         if len(run) == 1:
             await publisher.execute("SELECT pg_notify($1, $2)", *run[0])
         elif run:  # one pipelined round trip, one transaction: delivered in order
             await publisher.executemany("SELECT pg_notify($1, $2)", run)
 
-    async def _store(self, publisher: asyncpg.Connection, envelope: str) -> None:
+    async def _store(self, publisher: asyncpg.Connection[asyncpg.Record], envelope: str) -> None:
         if self.table is None:  # publish() refuses these; a batch could still grow one
             raise ValueError(f"a message of {utf8_len(envelope)} bytes needs table= set")
         newline = envelope.index("\n") + 1
@@ -185,7 +187,7 @@ class PostgresSync(RelaySync):
             envelope[:newline] + "@",
         )
 
-    async def _cleanup(self, publisher: asyncpg.Connection) -> None:
+    async def _cleanup(self, publisher: asyncpg.Connection[asyncpg.Record]) -> None:
         now = asyncio.get_running_loop().time()
         if now - self._last_cleanup < self.retention / 10:
             return
@@ -299,7 +301,7 @@ class PostgresSync(RelaySync):
             return None
 
 
-async def _close(connection: asyncpg.Connection) -> None:
+async def _close(connection: asyncpg.Connection[asyncpg.Record]) -> None:
     if connection.is_closed():
         return
     try:

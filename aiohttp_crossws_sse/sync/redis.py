@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
 from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, redact
 from .base import Relayed, SyncLink
+
+
+class _Closing(Protocol):
+    def aclose(self) -> Awaitable[None]: ...
+
+
+class _NoBackoff(AbstractBackoff):
+    # redis-py's own NoBackoff is unannotated on some releases in our range
+    def compute(self, failures: int) -> float:
+        return 0.0
+
 
 __all__ = ["RedisSync"]
 
@@ -343,7 +355,7 @@ class RedisSync(RelaySync):
         # reported; the listener reconnects with its own backoff. (A URL's
         # own query options, e.g. ?socket_connect_timeout=2, still win.)
         self._client = Redis.from_url(
-            self._url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5.0
+            self._url, retry=Retry(_NoBackoff(), 0), socket_connect_timeout=5.0
         )
 
     async def _disconnect(self) -> None:
@@ -393,7 +405,9 @@ class RedisSync(RelaySync):
             return
         if pubsub.connection is not None:
             pubsub.connection.deregister_connect_callback(self._reconnected)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        # redis-py annotates PubSub.aclose on some releases and not on others:
+        # this seam type-checks on every release in our range
+        await cast(_Closing, pubsub).aclose()
 
     async def _listen(self) -> None:
         pubsub = self._pubsub
