@@ -214,6 +214,7 @@ class Outbox(Forwarder):
         "dropped",
         "fd",
         "holding",
+        "live_unsent",
         "owner",
         "paused",
         "queue",
@@ -245,6 +246,10 @@ class Outbox(Forwarder):
         self.dropped = 0  # events discarded by the "drop-oldest" policy
         # A replay is being written: the queue waits behind it (see hold()).
         self.holding = False
+        # While a replay's bytes may still be in the transport: the bytes
+        # written to it after them (the transport is FIFO, so of what it
+        # holds, at most this much is live and counts against max_buffer).
+        self.live_unsent: int | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         # The topic batch this outbox takes whole at the end of the iteration
@@ -375,6 +380,9 @@ class Outbox(Forwarder):
         (the package is the transport's only writer while the stream is
         open), and a write that finds the transport empty again unmarks it,
         so the common case asks the transport nothing."""
+        if self.live_unsent is not None:
+            self._write_after_replay(transport, data)
+            return
         fd = self.fd
         if fd != _NO_FD and not transport.is_closing():
             if fd < 0:
@@ -392,6 +400,17 @@ class Outbox(Forwarder):
             if sent != len(data):
                 self.write_rest(transport, data, sent)
             return
+        transport.write(data)
+
+    def _write_after_replay(self, transport: asyncio.Transport, data: bytes) -> None:
+        """``write`` while a replay's bytes may still be in the transport:
+        through the transport (order), counting what is live."""
+        if transport.get_write_buffer_size() <= (self.live_unsent or 0):
+            self.live_unsent = None  # the replay's bytes are out
+            self.write(transport, data)
+            return
+        self.live_unsent = (self.live_unsent or 0) + len(data)
+        self.fd = _spilled(self.fd)
         transport.write(data)
 
     def write_rest(self, transport: asyncio.Transport, data: bytes, sent: int) -> None:
@@ -431,6 +450,11 @@ class Outbox(Forwarder):
         if not self.holding:
             return
         self.holding = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            # What the transport holds now is the replay's: exempt from the
+            # policy until it is out (check_overflow).
+            self.live_unsent = 0 if transport.get_write_buffer_size() else None
         if self.queue:
             self.sched.mark(self)
         self._wake()
@@ -512,8 +536,10 @@ class Outbox(Forwarder):
         if transport is None:
             return
         # From now on the transport pauses us while it holds anything at all,
-        # and resumes us when it is empty.
-        transport.set_write_buffer_limits(high=0)
+        # and resumes us when it is empty. high=1, not 0: asyncio's (and
+        # uvloop's) SSL transport pauses when it holds >= high bytes, so 0
+        # would pause an empty one for good, and nothing would resume it.
+        transport.set_write_buffer_limits(high=1, low=0)
         try:
             async with asyncio.timeout(timeout):
                 while self.queue or self.paused:
@@ -627,8 +653,16 @@ class Outbox(Forwarder):
         sched = self.sched
         transport = self.transport
         unsent = 0
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and not self.holding:
+            # (while holding, the transport holds only the replay's bytes,
+            # which never count: a replay is written with backpressure)
             unsent = transport.get_write_buffer_size()
+            live = self.live_unsent
+            if live is not None:
+                if unsent <= live:
+                    self.live_unsent = None  # the replay's bytes are out
+                else:
+                    unsent = live
         limit = sched.max_buffer
         if self.queued + unsent <= limit:
             return

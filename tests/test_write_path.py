@@ -148,3 +148,56 @@ async def test_a_kernel_timeout_met_by_a_direct_write_is_a_send_timeout(
     assert closed == ["send timeout"]
     assert sse.stats()["send_timeouts"] == 1
     raw.close()
+
+
+async def test_a_replay_is_never_cut_by_the_slow_consumer_policy(aiohttp_client: Any) -> None:
+    """A resuming client that stops reading mid-replay while keep-alives are
+    queued behind the replay, then reads everything: the whole replay
+    arrives (its bytes in the transport do not count against
+    ``max_buffer``), then live events."""
+    peers: list[Peer] = []
+    closed: list[str | None] = []
+    sse = sse_adapter(
+        define_hooks(
+            open=lambda p: (p.subscribe("t"), peers.append(p)),
+            close=lambda p, d: closed.append(d.reason),
+        ),
+        history=200,
+        max_buffer=65536,
+        keepalive=0.02,
+    )
+    client = await aiohttp_client(app_for(sse))
+    first = EventReader(await client.get("/sse"))
+    await wait_until(lambda: len(peers) == 1)
+    sse.publish("t", "start")
+    start_id = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    big = "r" * 40_000
+    for i in range(100):
+        sse.publish("t", f"{i} {big}")
+    closed.clear()  # the first client's
+    raw = await RawClient.open(url_of(client), f"/sse?lastEventId={start_id}", rcvbuf=4096)
+    await wait_until(lambda: len(sse.peers) == 1)
+    peer = next(iter(sse.peers.values()))
+    # The replay is blocked on the client while a dozen keep-alives are
+    # queued (a pause, not a measurement: each queued frame used to count
+    # the replay's bytes in the transport against max_buffer).
+    await asyncio.sleep(0.3)
+    body = b""
+    while body.count(b"data: ") < 100:
+        chunk = await asyncio.wait_for(raw.reader.read(1 << 16), 10)
+        assert chunk, f"the stream ended early ({closed})"
+        body += chunk
+    sse.publish("t", "live")
+    while b"data: live" not in body:
+        chunk = await asyncio.wait_for(raw.reader.read(1 << 16), 10)
+        assert chunk, f"the stream ended early ({closed})"
+        body += chunk
+    data = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+    numbers = [int(d.split(b" ")[0]) for d in data if d[:1].isdigit()]
+    assert numbers == list(range(100))
+    assert closed == [], closed
+    assert peer.recovered is True
+    assert sse.stats()["slow_consumers"] == 0
+    await raw.close()
