@@ -136,19 +136,23 @@ class History:
         seq = self.seq + 1
         frame = encode_published(text, event=event, id=f"{self.prefix}{seq:x}")  # may raise
         self.seq = seq
-        entry = self.topics.get(topic)
-        if entry is None:
-            entry = self.topics[topic] = _Topic()
-        entries = entry.entries
         max_age = self.max_age
         now = 0.0
         if max_age is not None:
             now = time.monotonic()
-            self._expire(entry, now - max_age)
             self._records += 1
             if self._records >= _SWEEP_EVERY:
                 self._records = 0
+                # Before the topic is looked up: the sweep forgets empty
+                # topics, this one's entry among them when it is new or
+                # expired, and the event must not go into a forgotten entry.
                 self.sweep(now)
+        entry = self.topics.get(topic)
+        if entry is None:
+            entry = self.topics[topic] = _Topic()
+        entries = entry.entries
+        if max_age is not None:
+            self._expire(entry, now - max_age)
         if len(entries) >= self.size:
             entry.evicted = entries.popleft()[0]
         entries.append((seq, frame, namespace, sender, now))

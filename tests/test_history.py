@@ -472,6 +472,32 @@ def test_history_max_age_expires_events_and_forgets_empty_topics(
     assert history.since(["old"], 1, None).complete
 
 
+async def test_sweep_on_a_publish_to_a_new_topic_keeps_the_event(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep on every record: each publish here opens a topic that has no
+    # entry yet, the case the periodic sweep once deleted under the event.
+    monkeypatch.setattr("aiohttp_crossws_sse._history._SWEEP_EVERY", 1)
+    sse, peers = replaying_adapter(history_max_age=3600)
+    client = await aiohttp_client(app_for(sse))
+    first = await open_stream(client, "a", topics="x,y")
+    await wait_until(lambda: "a" in peers)
+    sse.publish("x", "x1")
+    last = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    sse.publish("y", "y1")
+    sse.publish("z", "z1")  # not subscribed: a sweep between the two
+    sse.publish("x", "x2")
+    second = await open_stream(client, "b", last, topics="x,y")
+    assert [e.data for e in await second.take(2)] == ["y1", "x2"]
+    await wait_until(lambda: peers["b"].recovered is not None)
+    assert peers["b"].recovered is True
+    sse.publish("x", "live")
+    assert (await second.next()).data == "live"  # no refresh queued before it
+    second.response.close()
+
+
 # -- a real browser -----------------------------------------------------------------
 
 _PAGE = """<!doctype html><meta charset="utf-8"><title>resume</title><script>
