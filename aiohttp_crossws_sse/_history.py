@@ -118,7 +118,7 @@ class History:
         self.seq = 0
         self.topics: dict[str, _Topic] = {}
         # The newest seq of a topic forgotten whole (max_age): a topic with no
-        # record may have lost events up to here.
+        # record, or one recorded again since, may have lost events up to here.
         self.forgotten = 0
         self._records = 0
 
@@ -150,6 +150,9 @@ class History:
         entry = self.topics.get(topic)
         if entry is None:
             entry = self.topics[topic] = _Topic()
+            # It may be a forgotten topic come back, whose evicted seq is not
+            # kept: assume the newest any forgotten topic had (conservative).
+            entry.evicted = self.forgotten
         entries = entry.entries
         if max_age is not None:
             self._expire(entry, now - max_age)

@@ -472,6 +472,23 @@ def test_history_max_age_expires_events_and_forgets_empty_topics(
     assert history.since(["old"], 1, None).complete
 
 
+class _Clock:
+    """The clock of ``_history`` alone (the event loop keeps the real one)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def history_clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr("aiohttp_crossws_sse._history.time", clock)
+    return clock
+
+
 async def test_sweep_on_a_publish_to_a_new_topic_keeps_the_event(
     aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -496,6 +513,40 @@ async def test_sweep_on_a_publish_to_a_new_topic_keeps_the_event(
     sse.publish("x", "live")
     assert (await second.next()).data == "live"  # no refresh queued before it
     second.response.close()
+
+
+async def test_topic_forgotten_by_the_sweep_then_published_again_is_not_recovered(
+    aiohttp_client: Any, history_clock: _Clock
+) -> None:
+    sse, peers = replaying_adapter(history_max_age=5)
+    history = sse._registry.history
+    assert history is not None
+    client = await aiohttp_client(app_for(sse))
+    first = await open_stream(client, "a")
+    await wait_until(lambda: "a" in peers)
+    sse.publish("t", "1")
+    seen_one = (await first.next()).id
+    sse.publish("t", "2")
+    seen_two = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    history_clock.now += 10  # "1" and "2" expire
+    history.sweep()  # and the topic is forgotten
+    assert "t" not in history.topics
+    sse.publish("t", "3")
+    # missed "2", which expired: the app is told to refresh
+    second = await open_stream(client, "b", seen_one)
+    assert [e.data for e in await second.take(2)] == ["3", "refresh"]
+    assert peers["b"].recovered is False
+    second.response.close()
+    # saw everything up to the topic's end: nothing was lost
+    third = await open_stream(client, "c", seen_two)
+    assert (await third.next()).data == "3"
+    await wait_until(lambda: peers["c"].recovered is not None)
+    assert peers["c"].recovered is True
+    sse.publish("t", "live")
+    assert (await third.next()).data == "live"
+    third.response.close()
 
 
 # -- a real browser -----------------------------------------------------------------
