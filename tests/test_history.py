@@ -163,6 +163,34 @@ async def test_garbage_id_is_unknown(aiohttp_client: Any) -> None:
         reader.response.close()
 
 
+@pytest.mark.parametrize(
+    ("header", "query"),
+    [
+        ("9" * 257, None),  # one over MAX_EVENT_ID_LENGTH
+        ("9" * 8000, None),
+        (None, "x" * 5000),
+        (None, "abcd-1\0"),  # a NUL: no browser sends it
+    ],
+    ids=["header-257", "header-8000", "query-5000", "query-nul"],
+)
+async def test_oversize_or_nul_id_is_garbage_too(
+    aiohttp_client: Any, header: str | None, query: str | None
+) -> None:
+    sse, peers = replaying_adapter()
+    client = await aiohttp_client(app_for(sse))
+    sse.publish("t", "held")
+    params = {"name": "g"} if query is None else {"name": "g", "lastEventId": query}
+    headers = {} if header is None else {"Last-Event-ID": header}
+    resp = await client.get("/sse", params=params, headers=headers)
+    assert resp.status == 200
+    reader = EventReader(resp)
+    assert (await reader.next()).data == "held"  # everything held, as for garbage
+    await wait_until(lambda: peers["g"].recovered is not None)
+    assert peers["g"].recovered is False
+    assert peers["g"].last_event_id is None  # not shown: nothing huge reaches logs
+    reader.response.close()
+
+
 async def test_id_from_before_a_restart_is_not_recovered(aiohttp_client: Any) -> None:
     old, _ = replaying_adapter()
     client = await aiohttp_client(app_for(old))
