@@ -25,7 +25,7 @@ from ._history import parse_id
 from ._hooks import Hooks, run_hooks
 from ._logs import operator_log
 from ._outbox import REASON_LOST, REASON_STALLED, Outbox
-from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer
+from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer, gave_event_id
 from ._wire import CROSSWS_ID_EVENT, ReadyState
 
 if TYPE_CHECKING:
@@ -143,9 +143,10 @@ class Connection:
         self.outbox.attach(transport)
         self.state = ReadyState.OPEN
         self.namespace = self.registry.add(self, namespace)
-        if self.registry.replay_source is not None and self.peer.last_event_id:
+        if self.registry.replay_source is not None and gave_event_id(self.peer.request):
             # From the start, so that nothing published to this peer's
-            # topics is written before the events it missed.
+            # topics is written before the events it missed. An id too long
+            # to show (peer.last_event_id None) is replayed as unknown.
             self.replay_state = (
                 asyncio.get_running_loop().create_future(),
                 asyncio.current_task(),

@@ -118,7 +118,7 @@ class History:
         self.seq = 0
         self.topics: dict[str, _Topic] = {}
         # The newest seq of a topic forgotten whole (max_age): a topic with no
-        # record may have lost events up to here.
+        # record, or one recorded again since, may have lost events up to here.
         self.forgotten = 0
         self._records = 0
 
@@ -136,19 +136,26 @@ class History:
         seq = self.seq + 1
         frame = encode_published(text, event=event, id=f"{self.prefix}{seq:x}")  # may raise
         self.seq = seq
-        entry = self.topics.get(topic)
-        if entry is None:
-            entry = self.topics[topic] = _Topic()
-        entries = entry.entries
         max_age = self.max_age
         now = 0.0
         if max_age is not None:
             now = time.monotonic()
-            self._expire(entry, now - max_age)
             self._records += 1
             if self._records >= _SWEEP_EVERY:
                 self._records = 0
+                # Before the topic is looked up: the sweep forgets empty
+                # topics, this one's entry among them when it is new or
+                # expired, and the event must not go into a forgotten entry.
                 self.sweep(now)
+        entry = self.topics.get(topic)
+        if entry is None:
+            entry = self.topics[topic] = _Topic()
+            # It may be a forgotten topic come back, whose evicted seq is not
+            # kept: assume the newest any forgotten topic had (conservative).
+            entry.evicted = self.forgotten
+        entries = entry.entries
+        if max_age is not None:
+            self._expire(entry, now - max_age)
         if len(entries) >= self.size:
             entry.evicted = entries.popleft()[0]
         entries.append((seq, frame, namespace, sender, now))

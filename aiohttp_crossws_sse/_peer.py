@@ -24,6 +24,7 @@ __all__ = [
     "REASON_TERMINATED",
     "CloseDetails",
     "Peer",
+    "gave_event_id",
     "last_event_id",
 ]
 
@@ -36,14 +37,26 @@ REASON_OPEN_FAILED = "open hook failed"
 MAX_EVENT_ID_LENGTH = 256
 
 
-def last_event_id(request: web.BaseRequest) -> str | None:
-    """``Last-Event-ID`` (header, else ``lastEventId`` query); too long or NUL: ignored."""
+def _sent_event_id(request: web.BaseRequest) -> str | None:
     value = request.headers.get(LAST_EVENT_ID_HEADER)
     if value is None:
         value = request.query.get(LAST_EVENT_ID_QUERY)
+    return value
+
+
+def last_event_id(request: web.BaseRequest) -> str | None:
+    """``Last-Event-ID`` (header, else ``lastEventId`` query); too long or NUL: ``None``,
+    so that what apps see (and log) stays bounded."""
+    value = _sent_event_id(request)
     if value is None or len(value) > MAX_EVENT_ID_LENGTH or "\0" in value:
         return None
     return value
+
+
+def gave_event_id(request: web.BaseRequest) -> bool:
+    """Whether the client sent a ``Last-Event-ID``, one ``last_event_id``
+    hides included: an id it cannot prove is still one (``recovered False``)."""
+    return bool(_sent_event_id(request))
 
 
 class CloseDetails:
@@ -116,7 +129,8 @@ class Peer:
 
     @property
     def last_event_id(self) -> str | None:
-        """The client's ``Last-Event-ID`` header or ``lastEventId`` query parameter."""
+        """The client's ``Last-Event-ID`` header or ``lastEventId`` query parameter;
+        ``None`` when absent, longer than 256 characters or containing NUL."""
         return last_event_id(self.request)
 
     @property

@@ -163,6 +163,34 @@ async def test_garbage_id_is_unknown(aiohttp_client: Any) -> None:
         reader.response.close()
 
 
+@pytest.mark.parametrize(
+    ("header", "query"),
+    [
+        ("9" * 257, None),  # one over MAX_EVENT_ID_LENGTH
+        ("9" * 8000, None),
+        (None, "x" * 5000),
+        (None, "abcd-1\0"),  # a NUL: no browser sends it
+    ],
+    ids=["header-257", "header-8000", "query-5000", "query-nul"],
+)
+async def test_oversize_or_nul_id_is_garbage_too(
+    aiohttp_client: Any, header: str | None, query: str | None
+) -> None:
+    sse, peers = replaying_adapter()
+    client = await aiohttp_client(app_for(sse))
+    sse.publish("t", "held")
+    params = {"name": "g"} if query is None else {"name": "g", "lastEventId": query}
+    headers = {} if header is None else {"Last-Event-ID": header}
+    resp = await client.get("/sse", params=params, headers=headers)
+    assert resp.status == 200
+    reader = EventReader(resp)
+    assert (await reader.next()).data == "held"  # everything held, as for garbage
+    await wait_until(lambda: peers["g"].recovered is not None)
+    assert peers["g"].recovered is False
+    assert peers["g"].last_event_id is None  # not shown: nothing huge reaches logs
+    reader.response.close()
+
+
 async def test_id_from_before_a_restart_is_not_recovered(aiohttp_client: Any) -> None:
     old, _ = replaying_adapter()
     client = await aiohttp_client(app_for(old))
@@ -470,6 +498,83 @@ def test_history_max_age_expires_events_and_forgets_empty_topics(
     # a topic forgotten whole: an id from before it cannot be recovered
     assert not history.since(["old"], 0, None).complete
     assert history.since(["old"], 1, None).complete
+
+
+class _Clock:
+    """The clock of ``_history`` alone (the event loop keeps the real one)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def history_clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr("aiohttp_crossws_sse._history.time", clock)
+    return clock
+
+
+async def test_sweep_on_a_publish_to_a_new_topic_keeps_the_event(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep on every record: each publish here opens a topic that has no
+    # entry yet, the case the periodic sweep once deleted under the event.
+    monkeypatch.setattr("aiohttp_crossws_sse._history._SWEEP_EVERY", 1)
+    sse, peers = replaying_adapter(history_max_age=3600)
+    client = await aiohttp_client(app_for(sse))
+    first = await open_stream(client, "a", topics="x,y")
+    await wait_until(lambda: "a" in peers)
+    sse.publish("x", "x1")
+    last = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    sse.publish("y", "y1")
+    sse.publish("z", "z1")  # not subscribed: a sweep between the two
+    sse.publish("x", "x2")
+    second = await open_stream(client, "b", last, topics="x,y")
+    assert [e.data for e in await second.take(2)] == ["y1", "x2"]
+    await wait_until(lambda: peers["b"].recovered is not None)
+    assert peers["b"].recovered is True
+    sse.publish("x", "live")
+    assert (await second.next()).data == "live"  # no refresh queued before it
+    second.response.close()
+
+
+async def test_topic_forgotten_by_the_sweep_then_published_again_is_not_recovered(
+    aiohttp_client: Any, history_clock: _Clock
+) -> None:
+    sse, peers = replaying_adapter(history_max_age=5)
+    history = sse._registry.history
+    assert history is not None
+    client = await aiohttp_client(app_for(sse))
+    first = await open_stream(client, "a")
+    await wait_until(lambda: "a" in peers)
+    sse.publish("t", "1")
+    seen_one = (await first.next()).id
+    sse.publish("t", "2")
+    seen_two = (await first.next()).id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    history_clock.now += 10  # "1" and "2" expire
+    history.sweep()  # and the topic is forgotten
+    assert "t" not in history.topics
+    sse.publish("t", "3")
+    # missed "2", which expired: the app is told to refresh
+    second = await open_stream(client, "b", seen_one)
+    assert [e.data for e in await second.take(2)] == ["3", "refresh"]
+    assert peers["b"].recovered is False
+    second.response.close()
+    # saw everything up to the topic's end: nothing was lost
+    third = await open_stream(client, "c", seen_two)
+    assert (await third.next()).data == "3"
+    await wait_until(lambda: peers["c"].recovered is not None)
+    assert peers["c"].recovered is True
+    sse.publish("t", "live")
+    assert (await third.next()).data == "live"
+    third.response.close()
 
 
 # -- a real browser -----------------------------------------------------------------
