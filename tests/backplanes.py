@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -295,6 +295,13 @@ class Node:
                       **params: Any) -> None:  # fmt: skip
         query = {"topic": topic, "data": data, **{k: str(v) for k, v in params.items()}}
         async with session.get(self.url + "/publish", params=query) as response:
+            assert response.status == 200, await response.text()
+
+    async def publish_batch(self, session: aiohttp.ClientSession,
+                            items: Sequence[Mapping[str, str | None]]) -> None:  # fmt: skip
+        """``sse.publish`` each of ``items`` (``topic``, ``data``, optional
+        ``event`` and ``ns``), all in one event-loop iteration."""
+        async with session.post(self.url + "/batch", json=items) as response:
             assert response.status == 200, await response.text()
 
     async def errors(self, session: aiohttp.ClientSession) -> list[str]:

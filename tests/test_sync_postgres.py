@@ -4,6 +4,7 @@ and in-process checks of its contract."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,32 @@ def nodes(postgres_server: PostgresServer) -> Iterator[tuple[Node, Node]]:
         yield pair
 
 
+@pytest.fixture(scope="module")
+def tableless_nodes(postgres_server: PostgresServer) -> Iterator[tuple[Node, Node]]:
+    """Two instances with ``table=None``: nothing over a NOTIFY's limit is relayed."""
+    with node_pair("postgres", postgres_server.dsn, "no table", table=None, **FAST_OPTIONS) as pair:
+        yield pair
+
+
+def json_size(topic: str, namespace: str | None, event: str | None, data: str) -> int:
+    """UTF-8 bytes of the JSON body that carries one publish (the relay's encoding)."""
+    fields = [topic, namespace, event, data]
+    return len(json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+# Publishes whose data and topic are well under 8000 bytes as text (UTF-8), but
+# whose envelope body, as JSON, is over it: escapes inflate them, and namespace
+# and event travel in the body too.
+INFLATED: dict[str, dict[str, str]] = {
+    "quotes": {"topic": "edge", "data": '"' * 5000},  # \" : 2 bytes each
+    "control": {"topic": "edge", "data": "\x01" * 1500},  # \u0001 : 6 bytes each
+    "non-ascii": {"topic": "edge", "data": '"\u00e9' * 2000},  # 6000 bytes as text
+    "topic": {"topic": '"' * 4000, "data": "x"},
+    "namespace": {"topic": "edge", "ns": "n" * 4000, "data": "x" * 3990},
+    "event": {"topic": "edge", "event": "e" * 4000, "data": "x" * 3990},
+}
+
+
 # -- two processes ------------------------------------------------------------------------
 
 
@@ -67,6 +94,46 @@ async def test_payloads_beyond_notify_limit_arrive_intact_in_order(
         assert await data_of(on_a, len(pads)) == expected
         await b.publish(session, "big", "marker")
         assert await data_of(on_a, 1) == ["marker"]
+
+
+@pytest.mark.parametrize("name", list(INFLATED))
+async def test_without_a_table_an_inflated_publish_is_refused_alone(
+    name: str, tableless_nodes: tuple[Node, Node], session: aiohttp.ClientSession
+) -> None:
+    """A publish over NOTIFY's limit once JSON-encoded is refused at publish
+    (reported on the publishing instance, delivered to its own peers); the
+    other publishes of its loop iteration still reach the other instance."""
+    a, b = tableless_nodes
+    bad = INFLATED[name]
+    size = json_size(bad["topic"], bad.get("ns"), bad.get("event"), bad["data"])
+    assert len(bad["data"].encode()) + len(bad["topic"]) < 7000 < 8000 < size
+    before, after = f"{name} before", f"{name} after"
+    async with a.stream(session, "edge") as on_a, b.stream(session, "edge") as on_b:
+        await opened(on_a)
+        await opened(on_b)
+        known = len(await b.errors(session))
+        await b.publish_batch(
+            session,
+            [{"topic": "edge", "data": before}, dict(bad), {"topic": "edge", "data": after}],
+        )
+        assert await data_of(on_a, 2) == [before, after]
+        local = [(before, "message"), (after, "message")]
+        if bad["topic"] == "edge" and "ns" not in bad:  # B's own peer is subscribed to it
+            local.insert(1, (bad["data"], bad.get("event", "message")))
+        got = [await on_b.next_event(10) for _ in local]
+        assert [(e.data, e.event) for e in got] == local
+        await b.publish(session, "edge", "marker")
+        assert await data_of(on_a, 1) == ["marker"]
+        assert await data_of(on_b, 1) == ["marker"]
+
+        async def refused() -> bool:
+            return len(await b.errors(session)) > known
+
+        await until(refused, timeout=10)
+        (error,) = (await b.errors(session))[known:]
+        assert "does not fit a Postgres NOTIFY" in error, error
+        assert f"{size} bytes" in error and "table=None" in error, error
+        assert await a.errors(session) == []  # no batch missed, nothing malformed
 
 
 async def test_channels_are_isolated(
@@ -155,7 +222,13 @@ async def test_stored_payload_rows_are_read_and_cleaned_up(
         await two.close()
 
 
+@pytest.mark.parametrize(
+    "data",
+    ["x" * 9000, '"' * 5000, "\x1f" * 1500],
+    ids=["long", "escaped-quotes", "escaped-controls"],
+)
 async def test_without_a_table_too_big_fails_at_publish(
+    data: str,
     postgres_server: PostgresServer,
     aiohttp_client: Any,
 ) -> None:
@@ -174,14 +247,95 @@ async def test_without_a_table_too_big_fails_at_publish(
     client = await aiohttp_client(app)
     reader = EventReader(await client.get("/sse"))
     assert (await reader.next()).data == "ready"
-    sse.publish("t", "x" * 9000)  # reported, never raised
-    assert (await reader.next()).data == "x" * 9000  # local delivery still happens
+    sse.publish("t", data)  # reported, never raised
+    assert (await reader.next()).data == data  # local delivery still happens
     await until(lambda: _true(bool(errors)), timeout=10, interval=0.01)
     (peer, err), *_ = errors
     assert peer is None
     assert isinstance(err.__cause__, ValueError)
     assert "does not fit a Postgres NOTIFY" in str(err.__cause__)
+    assert f"{json_size('t', None, None, data)} bytes" in str(err.__cause__)
     reader.response.close()
+
+
+async def test_without_a_table_the_limit_is_the_encoded_body(
+    postgres_server: PostgresServer,
+) -> None:
+    """``publish`` refuses a message exactly when its JSON body is over
+    ``max_body`` bytes (UTF-8, escapes, every field counted); a refused one
+    changes nothing (no sequence number: no batch reported missed), and the
+    rest of its loop iteration is relayed in order."""
+    got, other = Collected(), Collected()
+    one = PostgresSync(postgres_server.dsn, channel="encoded", table=None)
+    two = PostgresSync(postgres_server.dsn, channel="encoded", table=None)
+    await one.start(got.link("one"))
+    await two.start(other.link("two"))
+    try:
+        limit = two.max_body
+        room = limit - json_size("t", None, None, "") - 2  # "\n" is 2 bytes as JSON
+        fits = "\n" + "\u00e9" * (room // 2) + "x" * (room % 2)  # 2-byte characters
+        assert json_size("t", None, None, fits) == limit
+        refused = [
+            Relayed("t", fits + "x"),
+            Relayed("t", '"' * 5000),
+            Relayed('"' * 4000, "x"),
+            Relayed("t", "x" * 3990, namespace="n" * 4000),
+            Relayed("t", "x" * 3990, event="e" * 4000),
+        ]
+        accepted = [Relayed("t", "first"), Relayed("t", fits), Relayed("t", "last")]
+        two.publish(accepted[0])
+        for message in refused:  # in the same loop iteration as the accepted ones
+            size = json_size(message.topic, message.namespace, message.event, message.data)
+            with pytest.raises(ValueError, match=rf"{size} bytes .* table=None"):
+                two.publish(message)
+        two.publish(accepted[1])
+        two.publish(accepted[2])
+        await until(lambda: _true(len(got.delivered) == 3), timeout=10, interval=0.01)
+        two.publish(Relayed("t", "marker"))  # alone: its sequence number follows on
+        await until(lambda: _true(len(got.delivered) == 4), timeout=10, interval=0.01)
+        assert got.delivered == [*accepted, Relayed("t", "marker")]
+        assert got.reported == other.reported == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_with_a_table_what_outgrows_notify_once_encoded_is_stored(
+    postgres_server: PostgresServer,
+) -> None:
+    """Publishes under 8000 bytes with their envelope header as text, but over
+    it as JSON, go through the table, never inline; the small ones around
+    them go inline, all in order."""
+    got, other = Collected(), Collected()
+    table = "payloads_inflated_test"
+    one = PostgresSync(postgres_server.dsn, channel="inflated", table=table)
+    two = PostgresSync(postgres_server.dsn, channel="inflated", table=table)
+    await one.start(got.link("one"))
+    await two.start(other.link("two"))
+    conn = await asyncpg.connect(postgres_server.dsn)
+    try:
+        header = len("1two 99\n")  # this batch's envelopes have sequence numbers < 99
+        overhead = json_size("t", None, None, "")
+        inflated = [
+            '"' * 4000,  # 4000 bytes as text, 8000 escaped
+            "x" * (8000 - header - overhead + 2),  # over only with the JSON around it
+            "\u00e9" * ((8000 - header - overhead) // 2 + 1),  # 2 bytes each
+        ]
+        for data in inflated:
+            assert len(data.encode()) + header < 8000 <= json_size("t", None, None, data) + 7
+        batch = [Relayed("t", "a")]
+        for i, data in enumerate(inflated):
+            batch += [Relayed("t", data), Relayed("t", f"small {i}")]
+        for message in batch:  # one loop iteration
+            two.publish(message)
+        await until(lambda: _true(len(got.delivered) == len(batch)), timeout=10, interval=0.01)
+        assert got.delivered == batch
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == len(inflated)
+        assert got.reported == other.reported == []
+    finally:
+        await conn.close()
+        await one.close()
+        await two.close()
 
 
 async def _true(value: bool) -> bool:

@@ -33,7 +33,7 @@ from operator import attrgetter
 
 from .base import Relayed, Sync, SyncLink
 
-__all__ = ["RelaySync", "redact"]
+__all__ = ["RelaySync", "body_size", "redact"]
 
 logger = logging.getLogger("aiohttp_crossws_sse.sync")
 
@@ -65,6 +65,13 @@ def why(exc: BaseException | None) -> str:
 
 def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
+
+
+def body_size(message: Relayed) -> int:
+    """UTF-8 bytes of the body that carries ``message`` alone, as ``pack``
+    encodes it: escapes (a quote takes 2 bytes, a control character 6) and
+    the topic, namespace and event count, not only the data's text."""
+    return utf8_len(_ENCODER.encode(_FIELDS(message)))
 
 
 def _positive(name: str, value: object) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from ._relay import RelaySync, logger, redact, utf8_len
+from ._relay import RelaySync, body_size, logger, redact, utf8_len
 from .base import Relayed
 
 __all__ = ["PostgresSync"]
@@ -23,6 +23,10 @@ NOTIFY_LIMIT = 8000
 # pg_advisory_xact_lock key serialising the creation of the payload table
 _DDL_LOCK = 0x63727773  # "crws"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?")
+# Bytes one character can take in a JSON body: "\u001f" (UTF-8 takes at most 4).
+_MAX_CHAR_BYTES = 6
+# Bytes of a one-message body beyond its strings: [,"", null, null, ""]
+_BODY_SYNTAX = 17
 
 
 class PostgresSync(RelaySync):
@@ -114,19 +118,38 @@ class PostgresSync(RelaySync):
         return f"Postgres at {redact(self.dsn)}, channel {self.channel!r}"
 
     def publish(self, message: Relayed) -> None:
-        if self.table is None and utf8_len(message.data) + len(message.topic) > self.max_body:
-            raise ValueError(
-                f"a publish of {utf8_len(message.data)} bytes does not fit a Postgres NOTIFY "
-                f"(under {NOTIFY_LIMIT} bytes) and PostgresSync has table=None: "
-                "it was delivered locally only"
-            )
+        if self.table is None:
+            # Refused here, before it is queued, and not in _send: there it would
+            # fail the whole round trip and lose the other publishes of its batch.
+            self._check_fits(message)
         super().publish(message)
+
+    def _check_fits(self, message: Relayed) -> None:
+        """Raise ``ValueError`` when ``message`` alone makes a body over ``max_body``
+        bytes: measured as encoded, so escapes and UTF-8 count, and so do the
+        topic, namespace and event, which travel in the same NOTIFY payload."""
+        chars = len(message.topic) + len(message.data)
+        if message.namespace is not None:
+            chars += len(message.namespace)
+        if message.event is not None:
+            chars += len(message.event)
+        if chars * _MAX_CHAR_BYTES + _BODY_SYNTAX <= self.max_body:
+            return  # fits however it encodes: most publishes are not encoded twice
+        size = body_size(message)
+        if size > self.max_body:
+            raise ValueError(
+                f"a publish of {size} bytes as JSON (topic, namespace, event and data) does "
+                f"not fit a Postgres NOTIFY: {self.max_body} bytes fit beside the envelope "
+                f"header (payloads are under {NOTIFY_LIMIT} bytes), and PostgresSync has "
+                "table=None: it was delivered locally only"
+            )
 
     # -- publishing --------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        # NOTIFY payload limit, less this instance's envelope header
-        self.max_body = NOTIFY_LIMIT - 1 - len(self._own) - 21
+        # NOTIFY payload limit, less this instance's envelope header "<own><seq>\n"
+        # at its longest (20 digits of seq): a body that fits, fits any header
+        self.max_body = NOTIFY_LIMIT - 1 - utf8_len(self._own) - 21
         self._publisher = await asyncpg.connect(self.dsn)
         if self.table is not None:
             async with self._publisher.transaction():
@@ -176,7 +199,9 @@ class PostgresSync(RelaySync):
             await publisher.executemany("SELECT pg_notify($1, $2)", run)
 
     async def _store(self, publisher: asyncpg.Connection[asyncpg.Record], envelope: str) -> None:
-        if self.table is None:  # publish() refuses these; a batch could still grow one
+        # Unreachable: with table=None, publish() refuses every message whose body
+        # alone is over max_body, and pack() splits batches down to single messages.
+        if self.table is None:
             raise ValueError(f"a message of {utf8_len(envelope)} bytes needs table= set")
         newline = envelope.index("\n") + 1
         await publisher.execute(

@@ -18,6 +18,9 @@ Routes (the adapter is bidirectional):
   index; with ``pads=a,b,..`` publish i gets ``:`` and ``pads[i]`` euro signs
   appended); with ``spread=1`` one publish per event-loop iteration, else all
   in one.
+- ``POST /batch``: a JSON list of ``{"topic": t, "data": d, "event": e, "ns": n}``
+  (``event`` and ``ns`` optional), all published with ``sse.publish`` in one
+  event-loop iteration (a POST: such payloads outgrow a request line).
 - ``GET /errors``: what the ``error`` hook saw (JSON list of strings).
 - ``GET /health``: ``{"peers": n, "handler_errors": n}``.
 """
@@ -104,6 +107,13 @@ async def publish(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def batch(request: web.Request) -> web.Response:
+    items = await request.json()
+    for item in items:  # no await in between: one loop iteration, one relayed batch
+        sse.publish(item["topic"], item["data"], event=item.get("event"), namespace=item.get("ns"))
+    return web.Response(text="ok")
+
+
 async def show_errors(request: web.Request) -> web.Response:
     return web.json_response(errors)
 
@@ -116,6 +126,7 @@ async def main() -> None:
     app = web.Application(middlewares=[count_errors])
     sse.setup(app, "/sse")
     app.router.add_get("/publish", publish)
+    app.router.add_post("/batch", batch)
     app.router.add_get("/errors", show_errors)
     app.router.add_get("/health", health)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
