@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from ._bidir import receive, refuse
+from ._boundary import on_the_loop
 from ._connection import Connection
 from ._frame import encode_retry
 from ._hooks import (
@@ -59,8 +60,16 @@ class _EventStream(EventSourceResponse):
         return await web.StreamResponse.prepare(self, request)
 
 
+@on_the_loop(
+    lambda adapter: adapter._registry.guard,
+    # stats(): a thread-safe snapshot; handler and start bind the loop; setup runs before it
+    exempt=frozenset({"stats", "handler", "start", "setup", "bidir"}),
+)
 class SSEAdapter:
-    """An SSE endpoint with crossws hooks, peers and pub/sub (see ``sse_adapter``)."""
+    """An SSE endpoint with crossws hooks, peers and pub/sub (see ``sse_adapter``).
+
+    Call it from its event loop only (``stats()`` excepted): a call from
+    another thread raises ``RuntimeError`` and changes nothing."""
 
     def __init__(
         self,
@@ -95,7 +104,6 @@ class SSEAdapter:
     @property
     def peers(self) -> Mapping[str, Peer]:
         """Every open peer, by id, across namespaces (read-only)."""
-        self._registry.scheduler.settle()
         return PeerView(self._registry.connections)
 
     @property
@@ -158,9 +166,14 @@ class SSEAdapter:
         self._registry.publish(topic, data, event=event, namespace=namespace)
 
     def stats(self) -> dict[str, int]:
-        """Counters: peers, topics, events encoded/delivered/dropped, slow consumers."""
+        """Counters: peers, topics, events encoded/delivered/dropped, slow consumers.
+
+        Safe to call from any thread (a metrics scrape): there it reads a
+        snapshot and changes nothing; on the loop it first settles what a
+        publish did to slow consumers."""
         registry = self._registry
-        registry.scheduler.settle()  # a publish's slow consumers are closed and counted
+        if registry.guard.on_loop_thread():
+            registry.guard.enter("SSEAdapter.stats")
         return {
             "peers": len(registry.connections),
             "topics": registry.topic_count(),
@@ -179,7 +192,6 @@ class SSEAdapter:
         self._closed = asyncio.get_running_loop().create_future()
         self._closing = True
         try:
-            self._registry.scheduler.settle()
             conns = list(self._registry.connections.values())
             retry = self.options.shutdown_retry
             frame = encode_retry(retry) if retry is not None else None
@@ -217,6 +229,7 @@ class SSEAdapter:
 
     async def start(self) -> None:
         """Connect the ``sync`` backplane (``setup`` does this on app startup)."""
+        self._registry.guard.bind()  # this loop's thread is the adapter's
         if self._started:
             return
         self._started = True
@@ -335,6 +348,7 @@ class SSEAdapter:
     # -- the stream -------------------------------------------------------------
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        self._registry.guard.bind()  # (the bare handler may run without start())
         self._warn_unbound()
         hooks = self._hooks
         try:
@@ -428,7 +442,7 @@ class SSEAdapter:
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
         if conn is not None:
-            conn.outbox.sched.settle()  # a publish before may have closed it
+            self._registry.guard.enter("POST")  # a publish before may have closed it
         if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
             return refuse(request, "unknown peer id", self.options)
         return await receive(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ._boundary import on_the_loop
 from ._frame import encode_event
 from ._registry import PeerView
 from ._wire import LAST_EVENT_ID_HEADER, LAST_EVENT_ID_QUERY, ReadyState
@@ -72,8 +73,12 @@ class CloseDetails:
         return f"CloseDetails(code={self.code!r}, reason={self.reason!r})"
 
 
+@on_the_loop(lambda peer: peer._conn.registry.guard, exempt=frozenset())
 class Peer:
-    """One connected client: an open event stream, its topics and its context."""
+    """One connected client: an open event stream, its topics and its context.
+
+    Call it from the adapter's event loop only: a call from another thread
+    raises ``RuntimeError`` and changes nothing."""
 
     __slots__ = ("_conn", "_context", "id", "request")
 
@@ -115,17 +120,13 @@ class Peer:
     @property
     def peers(self) -> Mapping[str, Peer]:
         """Open peers of this namespace, by id (this peer included while open)."""
-        conn = self._conn
-        conn.outbox.sched.settle()
-        ns = conn.namespace
+        ns = self._conn.namespace
         return PeerView(ns.connections if ns is not None else {})
 
     @property
     def ready_state(self) -> ReadyState:
         """0 connecting, 1 open, 2 closing, 3 closed (a ``ReadyState``, an ``int``)."""
-        conn = self._conn
-        conn.outbox.sched.settle()
-        return conn.state
+        return self._conn.state
 
     @property
     def last_event_id(self) -> str | None:
@@ -162,9 +163,7 @@ class Peer:
     @property
     def dropped(self) -> int:
         """Events discarded by the ``"drop-oldest"`` policy for this peer."""
-        outbox = self._conn.outbox
-        outbox.sched.settle()
-        return outbox.dropped
+        return self._conn.outbox.dropped
 
     def send(
         self,
@@ -177,7 +176,6 @@ class Peer:
         """Queue one event for this client; never blocks. A no-op once closing."""
         frame = encode_event(data, event=event, id=id, retry=retry)
         conn = self._conn
-        conn.outbox.sched.settle()  # a publish before may have closed it
         if conn.state == ReadyState.OPEN:
             stats = conn.registry.stats
             stats.frames_encoded += 1
@@ -227,4 +225,7 @@ class Peer:
         return self.id
 
     def __repr__(self) -> str:
-        return f"<Peer {self.id} {self.namespace!r} state={int(self.ready_state)}>"
+        # as it stands (no settling, no thread check): a repr may be made anywhere
+        conn = self._conn
+        namespace = conn.namespace.name if conn.namespace is not None else self.request.path
+        return f"<Peer {self.id} {namespace!r} state={int(conn.state)}>"

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from ._boundary import LoopGuard
 from ._frame import KEEPALIVE_FRAME, encode_published, encode_text, to_text
 from ._history import History, ReplaySource
 from ._outbox import Fanout, Scheduler
@@ -100,6 +101,8 @@ class Registry:
         self._on_relay_error = on_relay_error
         self.stats = Stats()
         self.scheduler = Scheduler(options, self.stats)
+        #: Every public call goes through it (thread check, then settle).
+        self.guard = LoopGuard(self.scheduler)
         self.connections: dict[str, Connection] = {}
         self.namespaces: dict[str, Namespace] = {}
         #: Event ids and replay (option ``history``); ``None`` when off.
