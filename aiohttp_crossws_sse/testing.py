@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
+from aiohttp.web import HTTPMethodNotAllowed
 from yarl import URL
 
 from . import SSEAdapter
@@ -316,8 +317,15 @@ async def wait_until(
 # -- the sse_client fixture ------------------------------------------------------------
 
 
-def _routes_path(app: web.Application, path: str) -> bool:
-    return any(resource.canonical == path for resource in app.router.resources())
+async def _has_route(app: web.Application, path: str) -> bool:
+    """Whether a request for ``path`` reaches a route of ``app`` (for any method).
+
+    Asked of the app's own router, so variable routes (``/rooms/{room}/sse``)
+    and sub-apps' routes count as aiohttp would route a request.
+    """
+    match = await app.router.resolve(make_mocked_request("GET", path, app=app))
+    error = match.http_exception
+    return error is None or error.status == HTTPMethodNotAllowed.status_code
 
 
 class SSEClientFactory:
@@ -346,8 +354,11 @@ class SSEClientFactory:
 
         Without ``app``, a new ``web.Application`` serves ``adapter`` at
         ``path``. With ``app``, ``adapter.setup(app, path)`` is called unless
-        ``app`` already has a route at ``path`` (pass an app built by your
-        ``make_app()`` as is; ``adapter`` may then be ``None``).
+        a request for ``path`` already reaches a route of ``app``, as its
+        router resolves it: ``/rooms/blue/sse`` reaches ``/rooms/{room}/sse``,
+        and a sub-app's routes count (pass an app built by your ``make_app()``
+        as is; ``adapter`` may then be ``None``). ``path`` is a concrete URL
+        path, never a route pattern.
         """
         if app is None:
             if adapter is None:
@@ -358,7 +369,7 @@ class SSEClientFactory:
         for served, server in self._servers:
             if served is app:
                 return server
-        if not _routes_path(app, path):
+        if not await _has_route(app, path):
             if adapter is None:
                 raise ValueError(f"the app has no route at {path!r} and no adapter was given")
             adapter.setup(app, path)

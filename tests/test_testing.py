@@ -131,6 +131,45 @@ async def test_sse_client_sets_up_adapter_on_given_app(sse_client: SSEClientFact
     assert server.make_url("/stream") == client.url
 
 
+async def test_sse_client_matches_routes_as_the_router_does(sse_client: SSEClientFactory) -> None:
+    # A variable route and a sub-app's route: resolved by the app's router,
+    # not compared as strings, so the factory neither refuses them nor adds
+    # a second route of its own.
+    rooms = sse_adapter(
+        define_hooks(open=lambda peer: peer.send(f"room {peer.request.match_info['room']}"))
+    )
+    chat = sse_adapter(define_hooks(open=lambda peer: peer.send("chat")))
+    app = web.Application()
+    rooms.setup(app, "/rooms/{room}/sse")
+    sub = web.Application()
+    chat.setup(sub, "/sse")
+    app.add_subapp("/chat", sub)
+    routes = len(app.router.resources())
+
+    blue = await sse_client(rooms, "/rooms/blue/sse", app=app)
+    assert len(app.router.resources()) == routes  # not set up again at /rooms/blue/sse
+    assert (await next_event(blue)).data == "room blue"
+    red = await sse_client(app=app, path="/rooms/red/sse")
+    assert (await next_event(red)).data == "room red"
+    in_sub = await sse_client(app=app, path="/chat/sse")
+    assert (await next_event(in_sub)).data == "chat"
+    assert len(sub.router.resources()) == 1
+
+
+async def test_sse_client_routed_check_of_an_app_not_started(sse_client: SSEClientFactory) -> None:
+    # The same resolution decides, before the server starts, whether the app
+    # needs the adapter set up: a sub-app's route counts, an absent one does not.
+    chat = sse_adapter(define_hooks(open=lambda peer: peer.send("chat")))
+    sub = web.Application()
+    chat.setup(sub, "/sse")
+    app = web.Application()
+    app.add_subapp("/chat", sub)
+    client = await sse_client(app=app, path="/chat/sse")
+    assert (await next_event(client)).data == "chat"
+    with pytest.raises(ValueError, match="no route at '/elsewhere'"):
+        await sse_client(app=web.Application(), path="/elsewhere")
+
+
 async def test_sse_client_needs_adapter_or_routed_app(sse_client: SSEClientFactory) -> None:
     with pytest.raises(TypeError, match="adapter"):
         await sse_client()
