@@ -43,6 +43,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
+from aiohttp.typedefs import Handler
 from aiohttp.web import HTTPMethodNotAllowed
 from yarl import URL
 
@@ -317,6 +318,17 @@ async def wait_until(
 # -- the sse_client fixture ------------------------------------------------------------
 
 
+def _serve_at(adapter: SSEAdapter, paths: set[str]) -> Handler:
+    """A handler serving ``adapter`` at ``paths`` (read at each request), else 404."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.path not in paths:
+            raise web.HTTPNotFound()
+        return await adapter.handler(request)
+
+    return serve
+
+
 async def _has_route(app: web.Application, path: str) -> bool:
     """Whether a request for ``path`` reaches a route of ``app`` (for any method).
 
@@ -331,14 +343,18 @@ async def _has_route(app: web.Application, path: str) -> bool:
 class SSEClientFactory:
     """What the ``sse_client`` fixture returns; call it to get a client.
 
-    Servers are started on first use and reused: one per adapter and path
-    when the factory builds the app, one per ``app`` you pass. Everything is
-    closed by :meth:`close`, which the fixture calls at teardown.
+    Servers are started on first use and reused: one per ``app`` you pass,
+    and one per adapter when the factory builds the app (whatever paths it is
+    asked for: an adapter follows one app). Everything is closed by
+    :meth:`close`, which the fixture calls at teardown.
     """
 
     def __init__(self, aiohttp_server: AiohttpServer) -> None:
         self._aiohttp_server = aiohttp_server
-        self._apps: dict[tuple[SSEAdapter, str], web.Application] = {}
+        #: The app serving each adapter, built here or passed as ``app``.
+        self._apps: dict[SSEAdapter, web.Application] = {}
+        #: The paths served by each adapter whose app was built here.
+        self._paths: dict[SSEAdapter, set[str]] = {}
         self._servers: list[tuple[web.Application, TestServer]] = []
         #: Every client made, in order (closed ones included).
         self.clients: list[EventSourceClient] = []
@@ -352,29 +368,55 @@ class SSEClientFactory:
     ) -> TestServer:
         """The running server of ``adapter`` (at ``path``) or of ``app``.
 
-        Without ``app``, a new ``web.Application`` serves ``adapter`` at
-        ``path``. With ``app``, ``adapter.setup(app, path)`` is called unless
-        a request for ``path`` already reaches a route of ``app``, as its
-        router resolves it: ``/rooms/blue/sse`` reaches ``/rooms/{room}/sse``,
-        and a sub-app's routes count (pass an app built by your ``make_app()``
-        as is; ``adapter`` may then be ``None``). ``path`` is a concrete URL
-        path, never a route pattern.
+        Without ``app``, the app serving ``adapter`` is used: a new
+        ``web.Application`` built here at the first call, which serves the
+        adapter at every ``path`` asked for (the first with
+        ``adapter.setup(app, path)``; later ones, asked for once the server
+        runs, through a catch-all route to ``adapter.handler``, whose
+        ``request.match_info`` holds ``sse_client_path``). Or the ``app`` an
+        earlier call passed with this adapter.
+
+        With ``app``, ``adapter.setup(app, path)`` is called unless a request
+        for ``path`` already reaches a route of ``app``, as its router
+        resolves it: ``/rooms/blue/sse`` reaches ``/rooms/{room}/sse``, and a
+        sub-app's routes count (pass an app built by your ``make_app()`` as
+        is; ``adapter`` may then be ``None``). An app whose server runs cannot
+        gain a route: a new ``path`` for its adapter raises ``RuntimeError``,
+        so set the adapter up at each of its paths before the first client.
+        ``path`` is a concrete URL path, never a route pattern.
         """
         if app is None:
             if adapter is None:
                 raise TypeError("sse_client needs an adapter, an app, or both")
-            app = self._apps.get((adapter, path))
+            app = self._apps.get(adapter)
             if app is None:
-                app = self._apps[adapter, path] = web.Application()
-        for served, server in self._servers:
-            if served is app:
-                return server
-        if not await _has_route(app, path):
+                app = self._apps[adapter] = web.Application()
+                self._paths[adapter] = set()
+        elif adapter is not None:
+            self._apps.setdefault(adapter, app)
+        server = next((s for served, s in self._servers if served is app), None)
+        paths = self._paths.get(adapter) if adapter is not None else None
+        if adapter is not None and paths is not None and self._apps[adapter] is app:
+            if path not in paths:
+                if server is None:
+                    adapter.setup(app, path)
+                paths.add(path)  # once the server runs, the catch-all route serves it
+            if server is None:
+                app.router.add_route("*", "/{sse_client_path:.*}", _serve_at(adapter, paths))
+        elif not await _has_route(app, path):
             if adapter is None:
-                raise ValueError(f"the app has no route at {path!r} and no adapter was given")
-            adapter.setup(app, path)
-        server = await self._aiohttp_server(app)
-        self._servers.append((app, server))
+                if server is None:
+                    raise ValueError(f"the app has no route at {path!r} and no adapter was given")
+            elif server is not None:
+                raise RuntimeError(
+                    f"no route of the app serves {path!r}, and a running app cannot gain "
+                    f"one: call adapter.setup(app, {path!r}) before the app's first client"
+                )
+            else:
+                adapter.setup(app, path)
+        if server is None:
+            server = await self._aiohttp_server(app)
+            self._servers.append((app, server))
         return server
 
     async def url(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -170,6 +171,46 @@ async def test_sse_client_routed_check_of_an_app_not_started(sse_client: SSEClie
         await sse_client(app=web.Application(), path="/elsewhere")
 
 
+async def test_sse_client_one_adapter_at_two_paths(sse_client: SSEClientFactory) -> None:
+    messages: list[tuple[str, str]] = []
+    sse = sse_adapter(
+        define_hooks(
+            open=lambda peer: peer.send(f"at {peer.request.path}"),
+            message=lambda peer, message: messages.append((peer.request.path, message.text())),
+        ),
+        bidir=True,
+    )
+    a = await sse_client(sse, "/a")
+    b = await sse_client(sse, "/b")  # asked for after /a's server started
+    assert (await next_event(a)).data == "at /a"
+    assert (await next_event(b)).data == "at /b"
+    assert a.url.origin() == b.url.origin()  # one adapter, one app, one server
+    assert sse.path == "/a"
+    assert {peer.request.path for peer in sse.peers.values()} == {"/a", "/b"}
+    assert await b.send("hi from b") == 200  # bidirectional mode's POSTs too
+    await wait_until(lambda: messages == [("/b", "hi from b")], what="the POST at /b")
+    again = await sse_client(sse, "/b")
+    assert (await next_event(again)).data == "at /b"
+    async with aiohttp.ClientSession() as http, http.get(a.url.with_path("/c")) as response:
+        assert response.status == 404  # a path nobody asked for stays unserved
+
+
+async def test_sse_client_refuses_a_new_path_on_a_running_app(
+    sse_client: SSEClientFactory,
+) -> None:
+    # An app you pass cannot gain a route once its server runs: the error says
+    # what to do instead. The adapter follows that app, with or without app=.
+    sse = greeter()
+    app = web.Application()
+    sse.setup(app, "/one")
+    await sse_client(sse, "/one", app=app)
+    with pytest.raises(RuntimeError, match=r"adapter\.setup\(app, '/two'\) before"):
+        await sse_client(sse, "/two", app=app)
+    with pytest.raises(RuntimeError, match=r"adapter\.setup\(app, '/two'\) before"):
+        await sse_client(sse, "/two")
+    assert (await next_event(await sse_client(sse, "/one"))).data == "hello anon"
+
+
 async def test_sse_client_needs_adapter_or_routed_app(sse_client: SSEClientFactory) -> None:
     with pytest.raises(TypeError, match="adapter"):
         await sse_client()
@@ -312,6 +353,7 @@ async def test_event_reader_comment_and_timeout(aiohttp_client: Any) -> None:
 USER_TESTS = """
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp_crossws_sse import define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import next_event, wait_until
