@@ -94,8 +94,9 @@ class EventReader:
     ``raw``, every byte read; ``eof``, whether the body ended; ``comments``,
     the text after the colon of every comment line read (``": ping"`` is
     ``" ping"``). Every method fails with an ``AssertionError`` that lists
-    the events seen so far when no data arrives within ``timeout`` seconds
-    (per read) or the stream ends first.
+    the events seen so far when the stream ends first, or when ``timeout``
+    seconds pass: a bound on the whole call, however many keep-alive
+    comments arrive meanwhile (``None``: no bound).
     """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -111,57 +112,83 @@ class EventReader:
         """Comment lines read so far (the text after the colon)."""
         return self.parser.comments
 
-    async def _read(self, timeout: float) -> None:
+    async def _within(
+        self, timeout: float | None, what: str, wait: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await wait()`` under one deadline for the whole of it."""
+        deadline = asyncio.timeout(timeout)
         try:
-            data = await asyncio.wait_for(self.response.content.readany(), timeout)
+            async with deadline:
+                result = await wait()
         except TimeoutError:
+            if not deadline.expired():
+                raise
             raise AssertionError(
-                f"no data within {timeout}s from {self.response.url}; {_describe(self.events)}"
+                f"no {what} within {timeout}s from {self.response.url}; {_describe(self.events)}"
             ) from None
+        return result
+
+    async def _read(self) -> None:
+        data = await self.response.content.readany()
         if not data:
             self.eof = True
             return
         self.raw += data
         self._pending.extend(self.parser.feed(data))
 
-    async def next(self, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
-        """Return the next event (reading until one is complete)."""
+    async def _next(self) -> ServerSentEvent:
         while not self._pending:
             if self.eof:
                 raise AssertionError(
                     f"the stream {self.response.url} ended; {_describe(self.events)}"
                 )
-            await self._read(timeout)
+            await self._read()
         event = self._pending.popleft()
         self.events.append(event)
         return event
 
-    async def take(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
-        """Return the next ``n`` events."""
-        return [await self.next(timeout) for _ in range(n)]
+    async def next(self, timeout: float | None = DEFAULT_TIMEOUT) -> ServerSentEvent:
+        """Return the next event (reading until one is complete)."""
+        return await self._within(timeout, "event", self._next)
 
-    async def rest(self, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+    async def take(self, n: int, timeout: float | None = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+        """Return the next ``n`` events (``timeout`` bounds all ``n``)."""
+
+        async def take() -> list[ServerSentEvent]:
+            return [await self._next() for _ in range(n)]
+
+        return await self._within(timeout, f"{n} events", take)
+
+    async def rest(self, timeout: float | None = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
         """Return every event until the server ends the stream."""
-        out: list[ServerSentEvent] = []
-        while True:
-            while self._pending:
-                event = self._pending.popleft()
-                self.events.append(event)
-                out.append(event)
-            if self.eof:
-                return out
-            await self._read(timeout)
 
-    async def comment(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        async def rest() -> list[ServerSentEvent]:
+            out: list[ServerSentEvent] = []
+            while True:
+                while self._pending:
+                    event = self._pending.popleft()
+                    self.events.append(event)
+                    out.append(event)
+                if self.eof:
+                    return out
+                await self._read()
+
+        return await self._within(timeout, "end of the stream", rest)
+
+    async def comment(self, timeout: float | None = DEFAULT_TIMEOUT) -> str:
         """Return the first comment line of the stream, reading until there is one."""
-        while not self.parser.comments:
-            if self.eof:
-                raise AssertionError(
-                    f"the stream {self.response.url} ended before a comment; "
-                    f"{_describe(self.events)}"
-                )
-            await self._read(timeout)
-        return self.parser.comments[0]
+
+        async def comment() -> str:
+            while not self.parser.comments:
+                if self.eof:
+                    raise AssertionError(
+                        f"the stream {self.response.url} ended before a comment; "
+                        f"{_describe(self.events)}"
+                    )
+                await self._read()
+            return self.parser.comments[0]
+
+        return await self._within(timeout, "comment", comment)
 
 
 # -- assertion helpers ---------------------------------------------------------------

@@ -6,9 +6,11 @@ and through ``pytester`` in a fresh pytest process, as a user's suite would.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -342,9 +344,40 @@ async def test_event_reader_comment_and_timeout(aiohttp_client: Any) -> None:
     app2 = web.Application()
     sse2.setup(app2, "/sse")
     quiet = await (await aiohttp_client(app2)).get("/sse")  # default keepalive: 15s
-    with pytest.raises(AssertionError, match=r"no data within 0.1s .*events seen so far: none"):
+    with pytest.raises(AssertionError, match=r"no event within 0.1s .*events seen so far: none"):
         await EventReader(quiet).next(timeout=0.1)
     quiet.close()
+    resp.close()
+
+
+READER_WAITS: dict[str, Callable[[EventReader], Awaitable[object]]] = {
+    "next_event": lambda reader: next_event(reader, timeout=0.3),
+    "wait_for_event": lambda reader: wait_for_event(reader, data="never", timeout=0.3),
+    "reader.next": lambda reader: reader.next(timeout=0.3),
+    "reader.take": lambda reader: reader.take(1, timeout=0.3),
+    "reader.rest": lambda reader: reader.rest(timeout=0.3),
+}
+
+
+@pytest.mark.parametrize("name", READER_WAITS)
+async def test_reader_timeouts_bound_the_whole_wait_despite_keepalives(
+    aiohttp_client: Any, name: str
+) -> None:
+    # A keep-alive arrives every 0.05 s, and no event ever: the wait must
+    # still give up after its timeout. The outer bound only keeps a broken
+    # helper from hanging the test.
+    app = web.Application()
+    sse_adapter(keepalive=0.05).setup(app, "/sse")
+    resp = await (await aiohttp_client(app)).get("/sse")
+    reader = EventReader(resp)
+    await reader.comment()
+    with pytest.raises(AssertionError, match=r"within 0\.3s"):
+        try:
+            await asyncio.wait_for(READER_WAITS[name](reader), 10)
+        except TimeoutError:
+            pytest.fail(f"{name}(timeout=0.3) was still waiting after 10 s")
+    assert len(reader.comments) > 1  # keep-alives did arrive meanwhile
+    assert reader.events == []
     resp.close()
 
 
