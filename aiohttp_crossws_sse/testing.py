@@ -20,13 +20,18 @@ Fixtures (they need ``pytest-aiohttp``; ``pip install pytest-aiohttp``):
 
 Helpers (usable with or without the fixtures):
 
-* :func:`next_event` -- the next event, or an ``AssertionError`` listing the
-  events seen so far when none comes in time or the stream ends;
-* :func:`wait_for_event` -- skip events until one matches, same failure;
+* :func:`next_event` -- the next event;
+* :func:`wait_for_event` -- skip events until one matches;
+* :func:`assert_no_event` -- fail when an event comes within a time;
 * :func:`wait_until` -- poll a condition with a bounded wait;
 * :class:`EventReader` -- parse a raw ``aiohttp.ClientResponse`` event stream
   (for tests that make their requests with ``aiohttp_client``).
 
+One rule, the client's too (``EventSourceClient.next_event``): a wait that
+runs out raises ``TimeoutError``, a stream that ends first raises
+:class:`~aiohttp_crossws_sse.client.SSEClientError`; each message is short,
+naming the URL, the number of events seen and the last few. A ``timeout``
+bounds the whole wait, however many keep-alive comments arrive meanwhile.
 Timeouts here are bounds that keep a broken test from hanging, never
 measurements: do not use them to assert on timing.
 """
@@ -49,7 +54,13 @@ from yarl import URL
 
 from . import SSEAdapter
 from ._parser import EventStreamParser, ServerSentEvent
-from .client import EventSourceClient, SSEClientError, connect
+from .client import (
+    EventSourceClient,
+    SSEClientError,
+    _describe_event,
+    _describe_events,
+    connect,
+)
 
 if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpServer
@@ -62,8 +73,10 @@ except ImportError:  # pragma: no cover - without pytest-aiohttp the fixture say
 __all__ = [
     "DEFAULT_TIMEOUT",
     "EventReader",
+    "SSEClientError",
     "SSEClientFactory",
     "ServerSentEvent",
+    "assert_no_event",
     "next_event",
     "sse_client",
     "wait_for_event",
@@ -74,10 +87,6 @@ T = TypeVar("T")
 
 #: Seconds every helper waits by default before failing.
 DEFAULT_TIMEOUT = 5.0
-
-# How much of the event history a failure message shows.
-_SHOW_EVENTS = 50
-_SHOW_DATA = 200
 
 
 # -- reading a raw event stream ------------------------------------------------------
@@ -93,10 +102,11 @@ class EventReader:
     Attributes: ``response``; ``events``, every event returned so far;
     ``raw``, every byte read; ``eof``, whether the body ended; ``comments``,
     the text after the colon of every comment line read (``": ping"`` is
-    ``" ping"``). Every method fails with an ``AssertionError`` that lists
-    the events seen so far when the stream ends first, or when ``timeout``
-    seconds pass: a bound on the whole call, however many keep-alive
-    comments arrive meanwhile (``None``: no bound).
+    ``" ping"``). Every method raises ``TimeoutError`` when ``timeout``
+    seconds pass, a bound on the whole call however many keep-alive comments
+    arrive meanwhile (``None``: no bound), and
+    :class:`~aiohttp_crossws_sse.client.SSEClientError` when the stream
+    ends first.
     """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -123,8 +133,9 @@ class EventReader:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            raise AssertionError(
-                f"no {what} within {timeout}s from {self.response.url}; {_describe(self.events)}"
+            raise TimeoutError(
+                f"no {what} within {timeout}s from {self.response.url}; "
+                f"{_describe_events(self.events)}"
             ) from None
         return result
 
@@ -139,8 +150,9 @@ class EventReader:
     async def _next(self) -> ServerSentEvent:
         while not self._pending:
             if self.eof:
-                raise AssertionError(
-                    f"the stream {self.response.url} ended; {_describe(self.events)}"
+                raise SSEClientError(
+                    f"the event stream {self.response.url} ended; {_describe_events(self.events)}",
+                    status=self.response.status,
                 )
             await self._read()
         event = self._pending.popleft()
@@ -181,9 +193,10 @@ class EventReader:
         async def comment() -> str:
             while not self.parser.comments:
                 if self.eof:
-                    raise AssertionError(
-                        f"the stream {self.response.url} ended before a comment; "
-                        f"{_describe(self.events)}"
+                    raise SSEClientError(
+                        f"the event stream {self.response.url} ended before a comment; "
+                        f"{_describe_events(self.events)}",
+                        status=self.response.status,
                     )
                 await self._read()
             return self.parser.comments[0]
@@ -196,55 +209,53 @@ class EventReader:
 EventSource = EventSourceClient | EventReader
 
 
-def _describe(events: list[ServerSentEvent]) -> str:
-    """``events seen so far (n): ...``, one event a line, long data shortened."""
-    if not events:
-        return "events seen so far: none"
-    lines = [f"events seen so far ({len(events)}):"]
-    shown = events[-_SHOW_EVENTS:]
-    if len(shown) < len(events):
-        lines.append(f"  ... {len(events) - len(shown)} earlier events not shown")
-    for event in shown:
-        data = event.data
-        if len(data) > _SHOW_DATA:
-            data = data[:_SHOW_DATA] + f"... ({len(event.data)} chars)"
-        extra = f", id={event.id!r}" if event.id else ""
-        lines.append(f"  - event={event.event!r}, data={data!r}{extra}")
-    return "\n".join(lines)
-
-
 def _where(source: EventSource) -> str:
     return str(source.url if isinstance(source, EventSourceClient) else source.response.url)
 
 
-async def _next(source: EventSource, timeout: float, wanted: str, bound: float) -> ServerSentEvent:
-    """The next event of ``source``, or an ``AssertionError`` naming ``wanted``."""
+async def _take(source: EventSource) -> ServerSentEvent:
+    """The next event of ``source``, without a bound of its own."""
+    if isinstance(source, EventReader):
+        return await source.next(None)
+    return await source.next_event(None)
+
+
+async def _wait(
+    source: EventSource,
+    timeout: float | None,
+    wanted: str,
+    match: Callable[[ServerSentEvent], bool] | None = None,
+) -> ServerSentEvent:
+    """The first event of ``source`` that ``match``es, within ``timeout`` in all."""
     __tracebackhide__ = True
+    deadline = asyncio.timeout(timeout)
     try:
-        if isinstance(source, EventReader):
-            return await source.next(timeout)
-        return await source.next_event(timeout)
-    except (TimeoutError, AssertionError):
-        if isinstance(source, EventReader) and source.eof:
-            reason = f"the stream ended before {wanted}"
-        else:
-            reason = f"no {wanted} within {bound}s"
-    except SSEClientError:
-        reason = f"the stream ended before {wanted}"
-    except (aiohttp.ClientError, OSError) as exc:
-        reason = f"the stream failed ({exc!r}) before {wanted}"
-    raise AssertionError(f"{reason} from {_where(source)}; {_describe(source.events)}")
+        async with deadline:
+            while True:
+                event = await _take(source)
+                if match is None or match(event):
+                    break
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise TimeoutError(
+            f"no {wanted} within {timeout}s from {_where(source)}; "
+            f"{_describe_events(source.events)}"
+        ) from None
+    return event
 
 
 async def next_event(source: EventSource, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
     """Return the next event of ``source`` (a client or an :class:`EventReader`).
 
-    Fails with an ``AssertionError`` that lists the events seen so far when
-    no event comes within ``timeout`` seconds or the stream ends first. A
-    client (not a reader) keeps its place after a timeout: nothing is lost.
+    ``timeout`` bounds the whole wait (keep-alive comments do not extend
+    it): after it, ``TimeoutError``. A stream that ends first raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`. Both messages name
+    the URL and sum up the events seen so far. A timeout loses nothing: the
+    next call goes on reading.
     """
     __tracebackhide__ = True
-    return await _next(source, timeout, "event", timeout)
+    return await _wait(source, timeout, "event")
 
 
 async def wait_for_event(
@@ -260,9 +271,9 @@ async def wait_for_event(
     An event matches when ``match(event)`` is true (if given), its ``data``
     equals ``data`` and its type equals ``event`` (each if given; the type of
     an unnamed event is ``"message"``). Events read before it are skipped
-    (they stay in ``source.events``). ``timeout`` bounds the whole wait;
-    after it, or when the stream ends, an ``AssertionError`` lists the
-    events seen so far.
+    (they stay in ``source.events``). ``timeout`` bounds the whole wait:
+    after it, ``TimeoutError``; a stream that ends first raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`.
     """
     __tracebackhide__ = True
     wanted = ", ".join(
@@ -274,22 +285,43 @@ async def wait_for_event(
         )
         if part
     )
-    wanted = f"event with {wanted}" if wanted else "event"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(
-                f"no {wanted} within {timeout}s from {_where(source)}; {_describe(source.events)}"
-            )
-        got = await _next(source, remaining, wanted, timeout)
-        if (
+
+    def matches(got: ServerSentEvent) -> bool:
+        return (
             (data is None or got.data == data)
             and (event is None or got.event == event)
             and (match is None or match(got))
-        ):
-            return got
+        )
+
+    return await _wait(source, timeout, f"event with {wanted}" if wanted else "event", matches)
+
+
+async def assert_no_event(source: EventSource, *, within: float) -> None:
+    """Assert that ``source`` gets no event for ``within`` seconds.
+
+    Waits all of ``within`` (keep-alive comments are not events) and returns
+    when no event came. An event that comes fails the test with an
+    ``AssertionError`` naming it (it is consumed: it is in
+    ``source.events``); a stream that ends meanwhile raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`. It only shows that
+    nothing came *within* that time: choose ``within`` long enough for an
+    event wrongly sent to arrive (on 127.0.0.1, a few tenths of a second)::
+
+        sse.publish("news", "not for you")
+        await assert_no_event(client, within=0.3)
+    """
+    __tracebackhide__ = True
+    deadline = asyncio.timeout(within)
+    try:
+        async with deadline:
+            event = await _take(source)
+    except TimeoutError:
+        if deadline.expired():
+            return
+        raise
+    raise AssertionError(
+        f"expected no event within {within}s from {_where(source)}, got {_describe_event(event)}"
+    )
 
 
 @overload
@@ -323,7 +355,7 @@ async def wait_until(
 
     ``predicate`` may be a plain function or return an awaitable (a coroutine
     function). It is checked at once, then every ``interval`` seconds; after
-    ``timeout`` seconds (a bound, not a measurement) an ``AssertionError``
+    ``timeout`` seconds (a bound, not a measurement) a ``TimeoutError``
     says ``timed out waiting for {what}``, so name the condition::
 
         await wait_until(lambda: not sse.peers, what="every peer closed")
@@ -338,7 +370,7 @@ async def wait_until(
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (after {timeout}s)")
+            raise TimeoutError(f"timed out waiting for {what} (after {timeout}s)")
         await asyncio.sleep(interval)
 
 

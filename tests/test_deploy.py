@@ -348,7 +348,7 @@ async def big_text(request: web.Request) -> web.Response:
 async def next_through_nginx(reader: EventReader, wanted: str) -> str:
     try:
         event = await reader.next(WAIT)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(
             f"{wanted} did not come through nginx within {WAIT}s: does it buffer the stream? {exc}"
         ) from None
