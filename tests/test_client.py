@@ -223,6 +223,23 @@ async def test_failure_messages_are_short_whatever_was_seen(
         assert len(message) < 500, message
 
 
+async def test_keepalive_comment_lines_without_blank_line(aiohttp_server: AiohttpServer) -> None:
+    # The keep-alive as this package writes it, ": ping\n" alone, after an id.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await start_stream(request)
+        await response.write(b"id: 1\ndata: one\n\n")
+        for _ in range(3):
+            await response.write(b": ping\n")
+        await response.write(b"data: two\n\n")
+        return response
+
+    url = await serve(aiohttp_server, handler)
+    async with connect(url) as client:
+        events = [(event.data, event.id) async for event in client]
+        assert events == [("one", "1"), ("two", "1")]
+        assert client.comments == [" ping"] * 3
+
+
 async def test_error_on_404(aiohttp_server: AiohttpServer) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=404, text="no such stream")
