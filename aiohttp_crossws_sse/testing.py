@@ -29,8 +29,9 @@ Helpers (usable with or without the fixtures):
 
 One rule, the client's too (``EventSourceClient.next_event``): a wait that
 runs out raises ``TimeoutError``, a stream that ends first raises
-:class:`~aiohttp_crossws_sse.client.SSEClientError`; each message is short,
-naming the URL, the number of events seen and the last few. A ``timeout``
+:class:`~aiohttp_crossws_sse.client.SSEClientError` (a connection that
+breaks raises aiohttp's error as it is); each message is short, naming the
+URL, the number of events seen and the last few. A ``timeout``
 bounds the whole wait, however many keep-alive comments arrive meanwhile.
 Timeouts here are bounds that keep a broken test from hanging, never
 measurements: do not use them to assert on timing.
