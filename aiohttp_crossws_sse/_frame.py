@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from ._wire import KEEPALIVE_COMMENT
+
 __all__ = [
     "EAGER_WRITE",
     "KEEPALIVE_FRAME",
@@ -129,7 +131,11 @@ def encode_comment(text: str) -> bytes:
     return _chunk("".join(": " + line + "\n" for line in lines).encode("utf-8") + b"\n")
 
 
-KEEPALIVE_FRAME = encode_comment("ping")
+#: ``: ping`` alone, without the blank line that ends an event: a comment is
+#: a whole line by itself, and clients that dispatch on any blank line after
+#: an ``id:`` (httpx-sse 0.4.3) would see an empty event per keep-alive.
+#: Written between frames only, never inside an event.
+KEEPALIVE_FRAME = _chunk(b": " + KEEPALIVE_COMMENT.encode("ascii") + b"\n")
 
 
 def unchunk(frame: bytes) -> bytes:

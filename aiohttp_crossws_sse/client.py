@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -259,11 +259,14 @@ class EventSourceClient:
         return event
 
     async def next_event(self, timeout: float | None = 5.0) -> ServerSentEvent:
-        """Return the next event, waiting at most ``timeout`` seconds.
+        """Return the next event, waiting at most ``timeout`` seconds in all.
 
-        Raises ``TimeoutError`` (its message lists the events seen so far)
-        when none comes in time, and :class:`SSEClientError` when the stream
-        ended. A timeout loses nothing: the next call goes on reading.
+        Raises ``TimeoutError`` when none comes in time (keep-alive comments
+        do not count), and :class:`SSEClientError` when the stream ended.
+        Either message is short: the URL, the number of events seen and the
+        last few of them, their data cut short. A timeout loses nothing: the
+        next call goes on reading. (``aiohttp_crossws_sse.testing`` follows
+        the same rule.)
         """
         deadline = asyncio.timeout(timeout)
         try:
@@ -273,13 +276,11 @@ class EventSourceClient:
             if not deadline.expired():
                 raise  # from ``timeout`` of connect(), not ours
             raise TimeoutError(
-                f"no event within {timeout}s from {self.url}; "
-                f"events seen so far ({len(self.events)}): {self.events!r}"
+                f"no event within {timeout}s from {self.url}; {_describe_events(self.events)}"
             ) from None
         if event is None:
             raise SSEClientError(
-                f"the event stream {self.url} ended; "
-                f"events seen so far ({len(self.events)}): {self.events!r}",
+                f"the event stream {self.url} ended; {_describe_events(self.events)}",
                 status=self._response.status if self._response is not None else None,
             )
         return event
@@ -394,6 +395,38 @@ class EventSourceClient:
 #: ``connect(url, **options)``: a client for the SSE endpoint ``url``; the
 #: very class, so the options are written once (see ``EventSourceClient``).
 connect = EventSourceClient
+
+
+_SHOW_EVENTS = 3  # how many of the last events an error message shows
+_SHOW_CHARS = 60  # and how much of each field
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _SHOW_CHARS:
+        return repr(text)
+    return f"{text[:_SHOW_CHARS]!r}...({len(text)} chars)"
+
+
+def _describe_events(events: Sequence[ServerSentEvent]) -> str:
+    """A short summary of ``events`` for an error message, bounded in size.
+
+    ``no events seen``, or the count and the last three, each field cut to
+    60 characters: ``5 events seen, the last 3: message 'c'; update '{"n":1}'
+    (id '7'); ...``.
+    """
+    if not events:
+        return "no events seen"
+    shown = events[-_SHOW_EVENTS:]
+    count = f"{len(events)} event{'s' if len(events) != 1 else ''} seen"
+    if len(shown) < len(events):
+        count += f", the last {len(shown)}"
+    return f"{count}: {'; '.join(_describe_event(event) for event in shown)}"
+
+
+def _describe_event(event: ServerSentEvent) -> str:
+    """``'update' '{"n":1}' (id '7')``: type, data and id, each cut short."""
+    text = f"{_clip(event.event)} {_clip(event.data)}"
+    return text + f" (id {_clip(event.id)})" if event.id else text
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> str:

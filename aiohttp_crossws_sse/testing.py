@@ -20,13 +20,19 @@ Fixtures (they need ``pytest-aiohttp``; ``pip install pytest-aiohttp``):
 
 Helpers (usable with or without the fixtures):
 
-* :func:`next_event` -- the next event, or an ``AssertionError`` listing the
-  events seen so far when none comes in time or the stream ends;
-* :func:`wait_for_event` -- skip events until one matches, same failure;
+* :func:`next_event` -- the next event;
+* :func:`wait_for_event` -- skip events until one matches;
+* :func:`assert_no_event` -- fail when an event comes within a time;
 * :func:`wait_until` -- poll a condition with a bounded wait;
 * :class:`EventReader` -- parse a raw ``aiohttp.ClientResponse`` event stream
   (for tests that make their requests with ``aiohttp_client``).
 
+One rule, the client's too (``EventSourceClient.next_event``): a wait that
+runs out raises ``TimeoutError``, a stream that ends first raises
+:class:`~aiohttp_crossws_sse.client.SSEClientError` (a connection that
+breaks raises aiohttp's error as it is); each message is short, naming the
+URL, the number of events seen and the last few. A ``timeout``
+bounds the whole wait, however many keep-alive comments arrive meanwhile.
 Timeouts here are bounds that keep a broken test from hanging, never
 measurements: do not use them to assert on timing.
 """
@@ -42,12 +48,20 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
+from aiohttp.typedefs import Handler
+from aiohttp.web import HTTPMethodNotAllowed
 from yarl import URL
 
 from . import SSEAdapter
 from ._parser import EventStreamParser, ServerSentEvent
-from .client import EventSourceClient, SSEClientError, connect
+from .client import (
+    EventSourceClient,
+    SSEClientError,
+    _describe_event,
+    _describe_events,
+    connect,
+)
 
 if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpServer
@@ -60,8 +74,10 @@ except ImportError:  # pragma: no cover - without pytest-aiohttp the fixture say
 __all__ = [
     "DEFAULT_TIMEOUT",
     "EventReader",
+    "SSEClientError",
     "SSEClientFactory",
     "ServerSentEvent",
+    "assert_no_event",
     "next_event",
     "sse_client",
     "wait_for_event",
@@ -72,10 +88,6 @@ T = TypeVar("T")
 
 #: Seconds every helper waits by default before failing.
 DEFAULT_TIMEOUT = 5.0
-
-# How much of the event history a failure message shows.
-_SHOW_EVENTS = 50
-_SHOW_DATA = 200
 
 
 # -- reading a raw event stream ------------------------------------------------------
@@ -91,9 +103,11 @@ class EventReader:
     Attributes: ``response``; ``events``, every event returned so far;
     ``raw``, every byte read; ``eof``, whether the body ended; ``comments``,
     the text after the colon of every comment line read (``": ping"`` is
-    ``" ping"``). Every method fails with an ``AssertionError`` that lists
-    the events seen so far when no data arrives within ``timeout`` seconds
-    (per read) or the stream ends first.
+    ``" ping"``). Every method raises ``TimeoutError`` when ``timeout``
+    seconds pass, a bound on the whole call however many keep-alive comments
+    arrive meanwhile (``None``: no bound), and
+    :class:`~aiohttp_crossws_sse.client.SSEClientError` when the stream
+    ends first.
     """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -109,57 +123,86 @@ class EventReader:
         """Comment lines read so far (the text after the colon)."""
         return self.parser.comments
 
-    async def _read(self, timeout: float) -> None:
+    async def _within(
+        self, timeout: float | None, what: str, wait: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await wait()`` under one deadline for the whole of it."""
+        deadline = asyncio.timeout(timeout)
         try:
-            data = await asyncio.wait_for(self.response.content.readany(), timeout)
+            async with deadline:
+                result = await wait()
         except TimeoutError:
-            raise AssertionError(
-                f"no data within {timeout}s from {self.response.url}; {_describe(self.events)}"
+            if not deadline.expired():
+                raise
+            raise TimeoutError(
+                f"no {what} within {timeout}s from {self.response.url}; "
+                f"{_describe_events(self.events)}"
             ) from None
+        return result
+
+    async def _read(self) -> None:
+        data = await self.response.content.readany()
         if not data:
             self.eof = True
             return
         self.raw += data
         self._pending.extend(self.parser.feed(data))
 
-    async def next(self, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
-        """Return the next event (reading until one is complete)."""
+    async def _next(self) -> ServerSentEvent:
         while not self._pending:
             if self.eof:
-                raise AssertionError(
-                    f"the stream {self.response.url} ended; {_describe(self.events)}"
+                raise SSEClientError(
+                    f"the event stream {self.response.url} ended; {_describe_events(self.events)}",
+                    status=self.response.status,
                 )
-            await self._read(timeout)
+            await self._read()
         event = self._pending.popleft()
         self.events.append(event)
         return event
 
-    async def take(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
-        """Return the next ``n`` events."""
-        return [await self.next(timeout) for _ in range(n)]
+    async def next(self, timeout: float | None = DEFAULT_TIMEOUT) -> ServerSentEvent:
+        """Return the next event (reading until one is complete)."""
+        return await self._within(timeout, "event", self._next)
 
-    async def rest(self, timeout: float = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+    async def take(self, n: int, timeout: float | None = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
+        """Return the next ``n`` events (``timeout`` bounds all ``n``)."""
+
+        async def take() -> list[ServerSentEvent]:
+            return [await self._next() for _ in range(n)]
+
+        return await self._within(timeout, f"{n} events", take)
+
+    async def rest(self, timeout: float | None = DEFAULT_TIMEOUT) -> list[ServerSentEvent]:
         """Return every event until the server ends the stream."""
-        out: list[ServerSentEvent] = []
-        while True:
-            while self._pending:
-                event = self._pending.popleft()
-                self.events.append(event)
-                out.append(event)
-            if self.eof:
-                return out
-            await self._read(timeout)
 
-    async def comment(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        async def rest() -> list[ServerSentEvent]:
+            out: list[ServerSentEvent] = []
+            while True:
+                while self._pending:
+                    event = self._pending.popleft()
+                    self.events.append(event)
+                    out.append(event)
+                if self.eof:
+                    return out
+                await self._read()
+
+        return await self._within(timeout, "end of the stream", rest)
+
+    async def comment(self, timeout: float | None = DEFAULT_TIMEOUT) -> str:
         """Return the first comment line of the stream, reading until there is one."""
-        while not self.parser.comments:
-            if self.eof:
-                raise AssertionError(
-                    f"the stream {self.response.url} ended before a comment; "
-                    f"{_describe(self.events)}"
-                )
-            await self._read(timeout)
-        return self.parser.comments[0]
+
+        async def comment() -> str:
+            while not self.parser.comments:
+                if self.eof:
+                    raise SSEClientError(
+                        f"the event stream {self.response.url} ended before a comment; "
+                        f"{_describe_events(self.events)}",
+                        status=self.response.status,
+                    )
+                await self._read()
+            return self.parser.comments[0]
+
+        return await self._within(timeout, "comment", comment)
 
 
 # -- assertion helpers ---------------------------------------------------------------
@@ -167,55 +210,53 @@ class EventReader:
 EventSource = EventSourceClient | EventReader
 
 
-def _describe(events: list[ServerSentEvent]) -> str:
-    """``events seen so far (n): ...``, one event a line, long data shortened."""
-    if not events:
-        return "events seen so far: none"
-    lines = [f"events seen so far ({len(events)}):"]
-    shown = events[-_SHOW_EVENTS:]
-    if len(shown) < len(events):
-        lines.append(f"  ... {len(events) - len(shown)} earlier events not shown")
-    for event in shown:
-        data = event.data
-        if len(data) > _SHOW_DATA:
-            data = data[:_SHOW_DATA] + f"... ({len(event.data)} chars)"
-        extra = f", id={event.id!r}" if event.id else ""
-        lines.append(f"  - event={event.event!r}, data={data!r}{extra}")
-    return "\n".join(lines)
-
-
 def _where(source: EventSource) -> str:
     return str(source.url if isinstance(source, EventSourceClient) else source.response.url)
 
 
-async def _next(source: EventSource, timeout: float, wanted: str, bound: float) -> ServerSentEvent:
-    """The next event of ``source``, or an ``AssertionError`` naming ``wanted``."""
+async def _take(source: EventSource) -> ServerSentEvent:
+    """The next event of ``source``, without a bound of its own."""
+    if isinstance(source, EventReader):
+        return await source.next(None)
+    return await source.next_event(None)
+
+
+async def _wait(
+    source: EventSource,
+    timeout: float | None,
+    wanted: str,
+    match: Callable[[ServerSentEvent], bool] | None = None,
+) -> ServerSentEvent:
+    """The first event of ``source`` that ``match``es, within ``timeout`` in all."""
     __tracebackhide__ = True
+    deadline = asyncio.timeout(timeout)
     try:
-        if isinstance(source, EventReader):
-            return await source.next(timeout)
-        return await source.next_event(timeout)
-    except (TimeoutError, AssertionError):
-        if isinstance(source, EventReader) and source.eof:
-            reason = f"the stream ended before {wanted}"
-        else:
-            reason = f"no {wanted} within {bound}s"
-    except SSEClientError:
-        reason = f"the stream ended before {wanted}"
-    except (aiohttp.ClientError, OSError) as exc:
-        reason = f"the stream failed ({exc!r}) before {wanted}"
-    raise AssertionError(f"{reason} from {_where(source)}; {_describe(source.events)}")
+        async with deadline:
+            while True:
+                event = await _take(source)
+                if match is None or match(event):
+                    break
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise TimeoutError(
+            f"no {wanted} within {timeout}s from {_where(source)}; "
+            f"{_describe_events(source.events)}"
+        ) from None
+    return event
 
 
 async def next_event(source: EventSource, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
     """Return the next event of ``source`` (a client or an :class:`EventReader`).
 
-    Fails with an ``AssertionError`` that lists the events seen so far when
-    no event comes within ``timeout`` seconds or the stream ends first. A
-    client (not a reader) keeps its place after a timeout: nothing is lost.
+    ``timeout`` bounds the whole wait (keep-alive comments do not extend
+    it): after it, ``TimeoutError``. A stream that ends first raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`. Both messages name
+    the URL and sum up the events seen so far. A timeout loses nothing: the
+    next call goes on reading.
     """
     __tracebackhide__ = True
-    return await _next(source, timeout, "event", timeout)
+    return await _wait(source, timeout, "event")
 
 
 async def wait_for_event(
@@ -231,9 +272,9 @@ async def wait_for_event(
     An event matches when ``match(event)`` is true (if given), its ``data``
     equals ``data`` and its type equals ``event`` (each if given; the type of
     an unnamed event is ``"message"``). Events read before it are skipped
-    (they stay in ``source.events``). ``timeout`` bounds the whole wait;
-    after it, or when the stream ends, an ``AssertionError`` lists the
-    events seen so far.
+    (they stay in ``source.events``). ``timeout`` bounds the whole wait:
+    after it, ``TimeoutError``; a stream that ends first raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`.
     """
     __tracebackhide__ = True
     wanted = ", ".join(
@@ -245,22 +286,43 @@ async def wait_for_event(
         )
         if part
     )
-    wanted = f"event with {wanted}" if wanted else "event"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(
-                f"no {wanted} within {timeout}s from {_where(source)}; {_describe(source.events)}"
-            )
-        got = await _next(source, remaining, wanted, timeout)
-        if (
+
+    def matches(got: ServerSentEvent) -> bool:
+        return (
             (data is None or got.data == data)
             and (event is None or got.event == event)
             and (match is None or match(got))
-        ):
-            return got
+        )
+
+    return await _wait(source, timeout, f"event with {wanted}" if wanted else "event", matches)
+
+
+async def assert_no_event(source: EventSource, *, within: float) -> None:
+    """Assert that ``source`` gets no event for ``within`` seconds.
+
+    Waits all of ``within`` (keep-alive comments are not events) and returns
+    when no event came. An event that comes fails the test with an
+    ``AssertionError`` naming it (it is consumed: it is in
+    ``source.events``); a stream that ends meanwhile raises
+    :class:`~aiohttp_crossws_sse.client.SSEClientError`. It only shows that
+    nothing came *within* that time: choose ``within`` long enough for an
+    event wrongly sent to arrive (on 127.0.0.1, a few tenths of a second)::
+
+        sse.publish("news", "not for you")
+        await assert_no_event(client, within=0.3)
+    """
+    __tracebackhide__ = True
+    deadline = asyncio.timeout(within)
+    try:
+        async with deadline:
+            event = await _take(source)
+    except TimeoutError:
+        if deadline.expired():
+            return
+        raise
+    raise AssertionError(
+        f"expected no event within {within}s from {_where(source)}, got {_describe_event(event)}"
+    )
 
 
 @overload
@@ -294,7 +356,7 @@ async def wait_until(
 
     ``predicate`` may be a plain function or return an awaitable (a coroutine
     function). It is checked at once, then every ``interval`` seconds; after
-    ``timeout`` seconds (a bound, not a measurement) an ``AssertionError``
+    ``timeout`` seconds (a bound, not a measurement) a ``TimeoutError``
     says ``timed out waiting for {what}``, so name the condition::
 
         await wait_until(lambda: not sse.peers, what="every peer closed")
@@ -309,28 +371,50 @@ async def wait_until(
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (after {timeout}s)")
+            raise TimeoutError(f"timed out waiting for {what} (after {timeout}s)")
         await asyncio.sleep(interval)
 
 
 # -- the sse_client fixture ------------------------------------------------------------
 
 
-def _routes_path(app: web.Application, path: str) -> bool:
-    return any(resource.canonical == path for resource in app.router.resources())
+def _serve_at(adapter: SSEAdapter, paths: set[str]) -> Handler:
+    """A handler serving ``adapter`` at ``paths`` (read at each request), else 404."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.path not in paths:
+            raise web.HTTPNotFound()
+        return await adapter.handler(request)
+
+    return serve
+
+
+async def _has_route(app: web.Application, path: str) -> bool:
+    """Whether a request for ``path`` reaches a route of ``app`` (for any method).
+
+    Asked of the app's own router, so variable routes (``/rooms/{room}/sse``)
+    and sub-apps' routes count as aiohttp would route a request.
+    """
+    match = await app.router.resolve(make_mocked_request("GET", path, app=app))
+    error = match.http_exception
+    return error is None or error.status == HTTPMethodNotAllowed.status_code
 
 
 class SSEClientFactory:
     """What the ``sse_client`` fixture returns; call it to get a client.
 
-    Servers are started on first use and reused: one per adapter and path
-    when the factory builds the app, one per ``app`` you pass. Everything is
-    closed by :meth:`close`, which the fixture calls at teardown.
+    Servers are started on first use and reused: one per ``app`` you pass,
+    and one per adapter when the factory builds the app (whatever paths it is
+    asked for: an adapter follows one app). Everything is closed by
+    :meth:`close`, which the fixture calls at teardown.
     """
 
     def __init__(self, aiohttp_server: AiohttpServer) -> None:
         self._aiohttp_server = aiohttp_server
-        self._apps: dict[tuple[SSEAdapter, str], web.Application] = {}
+        #: The app serving each adapter, built here or passed as ``app``.
+        self._apps: dict[SSEAdapter, web.Application] = {}
+        #: The paths served by each adapter whose app was built here.
+        self._paths: dict[SSEAdapter, set[str]] = {}
         self._servers: list[tuple[web.Application, TestServer]] = []
         #: Every client made, in order (closed ones included).
         self.clients: list[EventSourceClient] = []
@@ -344,26 +428,55 @@ class SSEClientFactory:
     ) -> TestServer:
         """The running server of ``adapter`` (at ``path``) or of ``app``.
 
-        Without ``app``, a new ``web.Application`` serves ``adapter`` at
-        ``path``. With ``app``, ``adapter.setup(app, path)`` is called unless
-        ``app`` already has a route at ``path`` (pass an app built by your
-        ``make_app()`` as is; ``adapter`` may then be ``None``).
+        Without ``app``, the app serving ``adapter`` is used: a new
+        ``web.Application`` built here at the first call, which serves the
+        adapter at every ``path`` asked for (the first with
+        ``adapter.setup(app, path)``; later ones, asked for once the server
+        runs, through a catch-all route to ``adapter.handler``, whose
+        ``request.match_info`` holds ``sse_client_path``). Or the ``app`` an
+        earlier call passed with this adapter.
+
+        With ``app``, ``adapter.setup(app, path)`` is called unless a request
+        for ``path`` already reaches a route of ``app``, as its router
+        resolves it: ``/rooms/blue/sse`` reaches ``/rooms/{room}/sse``, and a
+        sub-app's routes count (pass an app built by your ``make_app()`` as
+        is; ``adapter`` may then be ``None``). An app whose server runs cannot
+        gain a route: a new ``path`` for its adapter raises ``RuntimeError``,
+        so set the adapter up at each of its paths before the first client.
+        ``path`` is a concrete URL path, never a route pattern.
         """
         if app is None:
             if adapter is None:
                 raise TypeError("sse_client needs an adapter, an app, or both")
-            app = self._apps.get((adapter, path))
+            app = self._apps.get(adapter)
             if app is None:
-                app = self._apps[adapter, path] = web.Application()
-        for served, server in self._servers:
-            if served is app:
-                return server
-        if not _routes_path(app, path):
+                app = self._apps[adapter] = web.Application()
+                self._paths[adapter] = set()
+        elif adapter is not None:
+            self._apps.setdefault(adapter, app)
+        server = next((s for served, s in self._servers if served is app), None)
+        paths = self._paths.get(adapter) if adapter is not None else None
+        if adapter is not None and paths is not None and self._apps[adapter] is app:
+            if path not in paths:
+                if server is None:
+                    adapter.setup(app, path)
+                paths.add(path)  # once the server runs, the catch-all route serves it
+            if server is None:
+                app.router.add_route("*", "/{sse_client_path:.*}", _serve_at(adapter, paths))
+        elif not await _has_route(app, path):
             if adapter is None:
-                raise ValueError(f"the app has no route at {path!r} and no adapter was given")
-            adapter.setup(app, path)
-        server = await self._aiohttp_server(app)
-        self._servers.append((app, server))
+                if server is None:
+                    raise ValueError(f"the app has no route at {path!r} and no adapter was given")
+            elif server is not None:
+                raise RuntimeError(
+                    f"no route of the app serves {path!r}, and a running app cannot gain "
+                    f"one: call adapter.setup(app, {path!r}) before the app's first client"
+                )
+            else:
+                adapter.setup(app, path)
+        if server is None:
+            server = await self._aiohttp_server(app)
+            self._servers.append((app, server))
         return server
 
     async def url(

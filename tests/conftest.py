@@ -53,6 +53,21 @@ async def settle(awaitable: Awaitable[Any], timeout: float = 5.0) -> Any:
     return await asyncio.wait_for(awaitable, timeout)
 
 
+async def keepalives_written(url: str, count: int, timeout: float = 10.0) -> bytes:
+    """Open a stream of the adapter at ``url`` and read it until ``count``
+    keep-alives came; return its raw bytes. One adapter-wide timer writes
+    each keep-alive to every stream at once, so every stream open before this
+    call was written ``count`` keep-alives meanwhile, after what it had."""
+    raw = b""
+    async with aiohttp.ClientSession() as session, session.get(url) as watcher:
+        async with asyncio.timeout(timeout):
+            while raw.count(b": ping\n") < count:
+                chunk = await watcher.content.readany()
+                assert chunk, f"the stream ended before {count} keep-alives: {raw!r}"
+                raw += chunk
+    return raw
+
+
 # -- servers ---------------------------------------------------------------------
 
 

@@ -646,7 +646,11 @@ async def test_keepalive_comment_with_short_interval(aiohttp_client: Any) -> Non
     sse = sse_adapter(keepalive=0.05)
     client = await aiohttp_client(make_app(sse))
     resp = await client.get("/sse")
-    assert await EventReader(resp).comment() == " ping"
+    reader = EventReader(resp)
+    assert await reader.comment() == " ping"
+    # The comment line alone, no blank line after it: a blank line after an
+    # ``id:`` makes some clients (httpx-sse 0.4.3) dispatch an empty event.
+    assert reader.raw == b": ping\n" * reader.raw.count(b": ping\n")
     resp.close()
 
 

@@ -44,6 +44,7 @@ from aiohttp_crossws_sse.client import EventSourceClient, SSEClientError, connec
 from aiohttp_crossws_sse.testing import EventReader, wait_until
 from tests.backplanes import RedisServer, redis_server_fixture  # noqa: F401
 from tests.browser import conftest as browser_conftest
+from tests.conftest import keepalives_written
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -348,7 +349,7 @@ async def big_text(request: web.Request) -> web.Response:
 async def next_through_nginx(reader: EventReader, wanted: str) -> str:
     try:
         event = await reader.next(WAIT)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(
             f"{wanted} did not come through nginx within {WAIT}s: does it buffer the stream? {exc}"
         ) from None
@@ -457,6 +458,30 @@ async def test_nginx_stream(nginx_in_front: Any, accel_header: bool) -> None:
     async with aiohttp.ClientSession() as session, session.get(front.app_url + "/sse") as direct:
         # what nginx got from the app: with the header, or (config alone) without
         assert direct.headers.get("X-Accel-Buffering") == ("no" if accel_header else None)
+
+
+@pytest.mark.parametrize(
+    "accel_header", [True, False], ids=["app-sends-X-Accel-Buffering", "config-alone"]
+)
+async def test_nginx_passes_keepalives_of_an_idle_stream(
+    nginx_in_front: Any, accel_header: bool
+) -> None:
+    """A stream with no event at all: its keep-alive comment lines (``: ping``
+    alone, no blank line after them) come through nginx one by one. A
+    buffering proxy would hold these few bytes back until its buffer filled."""
+    app = web.Application()
+    sse_adapter(keepalive=0.1).setup(app, "/sse")
+    if not accel_header:
+        app.on_response_prepare.append(strip_accel_buffering)
+    front = await nginx_in_front(app)
+    try:
+        raw = await keepalives_written(front.url + "/sse", 3, WAIT)
+    except TimeoutError:
+        raise AssertionError(
+            f"3 keep-alives did not come through nginx within {WAIT}s: does it buffer?"
+        ) from None
+    assert raw.startswith(b": ping\n: ping\n: ping\n"), raw
+    assert b"\n\n" not in raw, raw
 
 
 def test_nginx_conf_directives() -> None:

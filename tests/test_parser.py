@@ -93,6 +93,16 @@ def test_comment_only_blocks_dispatch_nothing() -> None:
     assert parser.comments == [" keep-alive", " keep-alive"]
 
 
+def test_keepalive_comment_lines_between_events() -> None:
+    # Our keep-alive is ": ping\n" alone, between whole events: it neither
+    # dispatches an event nor disturbs the next one, however the bytes split.
+    body = b"id: 1\ndata: a\n\n: ping\n: ping\nevent: e\ndata: b\n\n: ping\n"
+    for chunks in ([body], bytewise(body)):
+        events, parser = parse(*chunks)
+        assert events == [ServerSentEvent("a", id="1"), ServerSentEvent("b", "e", id="1")]
+        assert parser.comments == [" ping"] * 3
+
+
 def test_field_without_colon() -> None:
     # "data" alone appends an empty line; "event" alone sets an empty type.
     assert datas(b"data\n\n") == [""]

@@ -6,11 +6,14 @@ and through ``pytester`` in a fresh pytest process, as a user's suite would.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,6 +22,7 @@ from aiohttp_crossws_sse.client import SSEClientError
 from aiohttp_crossws_sse.testing import (
     EventReader,
     SSEClientFactory,
+    assert_no_event,
     next_event,
     wait_for_event,
     wait_until,
@@ -131,6 +135,85 @@ async def test_sse_client_sets_up_adapter_on_given_app(sse_client: SSEClientFact
     assert server.make_url("/stream") == client.url
 
 
+async def test_sse_client_matches_routes_as_the_router_does(sse_client: SSEClientFactory) -> None:
+    # A variable route and a sub-app's route: resolved by the app's router,
+    # not compared as strings, so the factory neither refuses them nor adds
+    # a second route of its own.
+    rooms = sse_adapter(
+        define_hooks(open=lambda peer: peer.send(f"room {peer.request.match_info['room']}"))
+    )
+    chat = sse_adapter(define_hooks(open=lambda peer: peer.send("chat")))
+    app = web.Application()
+    rooms.setup(app, "/rooms/{room}/sse")
+    sub = web.Application()
+    chat.setup(sub, "/sse")
+    app.add_subapp("/chat", sub)
+    routes = len(app.router.resources())
+
+    blue = await sse_client(rooms, "/rooms/blue/sse", app=app)
+    assert len(app.router.resources()) == routes  # not set up again at /rooms/blue/sse
+    assert (await next_event(blue)).data == "room blue"
+    red = await sse_client(app=app, path="/rooms/red/sse")
+    assert (await next_event(red)).data == "room red"
+    in_sub = await sse_client(app=app, path="/chat/sse")
+    assert (await next_event(in_sub)).data == "chat"
+    assert len(sub.router.resources()) == 1
+
+
+async def test_sse_client_routed_check_of_an_app_not_started(sse_client: SSEClientFactory) -> None:
+    # The same resolution decides, before the server starts, whether the app
+    # needs the adapter set up: a sub-app's route counts, an absent one does not.
+    chat = sse_adapter(define_hooks(open=lambda peer: peer.send("chat")))
+    sub = web.Application()
+    chat.setup(sub, "/sse")
+    app = web.Application()
+    app.add_subapp("/chat", sub)
+    client = await sse_client(app=app, path="/chat/sse")
+    assert (await next_event(client)).data == "chat"
+    with pytest.raises(ValueError, match="no route at '/elsewhere'"):
+        await sse_client(app=web.Application(), path="/elsewhere")
+
+
+async def test_sse_client_one_adapter_at_two_paths(sse_client: SSEClientFactory) -> None:
+    messages: list[tuple[str, str]] = []
+    sse = sse_adapter(
+        define_hooks(
+            open=lambda peer: peer.send(f"at {peer.request.path}"),
+            message=lambda peer, message: messages.append((peer.request.path, message.text())),
+        ),
+        bidir=True,
+    )
+    a = await sse_client(sse, "/a")
+    b = await sse_client(sse, "/b")  # asked for after /a's server started
+    assert (await next_event(a)).data == "at /a"
+    assert (await next_event(b)).data == "at /b"
+    assert a.url.origin() == b.url.origin()  # one adapter, one app, one server
+    assert sse.path == "/a"
+    assert {peer.request.path for peer in sse.peers.values()} == {"/a", "/b"}
+    assert await b.send("hi from b") == 200  # bidirectional mode's POSTs too
+    await wait_until(lambda: messages == [("/b", "hi from b")], what="the POST at /b")
+    again = await sse_client(sse, "/b")
+    assert (await next_event(again)).data == "at /b"
+    async with aiohttp.ClientSession() as http, http.get(a.url.with_path("/c")) as response:
+        assert response.status == 404  # a path nobody asked for stays unserved
+
+
+async def test_sse_client_refuses_a_new_path_on_a_running_app(
+    sse_client: SSEClientFactory,
+) -> None:
+    # An app you pass cannot gain a route once its server runs: the error says
+    # what to do instead. The adapter follows that app, with or without app=.
+    sse = greeter()
+    app = web.Application()
+    sse.setup(app, "/one")
+    await sse_client(sse, "/one", app=app)
+    with pytest.raises(RuntimeError, match=r"adapter\.setup\(app, '/two'\) before"):
+        await sse_client(sse, "/two", app=app)
+    with pytest.raises(RuntimeError, match=r"adapter\.setup\(app, '/two'\) before"):
+        await sse_client(sse, "/two")
+    assert (await next_event(await sse_client(sse, "/one"))).data == "hello anon"
+
+
 async def test_sse_client_needs_adapter_or_routed_app(sse_client: SSEClientFactory) -> None:
     with pytest.raises(TypeError, match="adapter"):
         await sse_client()
@@ -159,23 +242,22 @@ async def test_next_event_timeout_lists_events_seen(sse_client: SSEClientFactory
     client = await sse_client(greeter())
     await next_event(client)
     await next_event(client)
-    with pytest.raises(AssertionError) as failed:
+    with pytest.raises(TimeoutError) as failed:  # the rule of client.next_event too
         await next_event(client, timeout=0.2)
-    message = str(failed.value)
-    assert "no event within 0.2s" in message
-    assert "events seen so far (2):" in message
-    assert "data='hello anon'" in message
-    assert "event='multi', data='line one\\nline two'" in message
+    assert str(failed.value) == (
+        f"no event within 0.2s from {client.url}; "
+        "2 events seen: 'message' 'hello anon'; 'multi' 'line one\\nline two'"
+    )
 
 
-async def test_next_event_stream_end_is_an_assertion(sse_client: SSEClientFactory) -> None:
+async def test_next_event_stream_end_is_a_client_error(sse_client: SSEClientFactory) -> None:
     def open_(peer: Peer) -> None:
         peer.send("bye")
         peer.close()
 
     client = await sse_client(sse_adapter(define_hooks(open=open_)))
     assert (await next_event(client)).data == "bye"
-    with pytest.raises(AssertionError, match=r"ended before event.*\(1\):"):
+    with pytest.raises(SSEClientError, match=r"ended; 1 event seen: 'message' 'bye'$"):
         await next_event(client)
 
 
@@ -192,10 +274,50 @@ async def test_wait_for_event_skips_until_match(sse_client: SSEClientFactory) ->
     assert (await wait_for_event(client, lambda e: int(e.data) > 2)).data == "3"
     assert (await wait_for_event(client, data="4", event="message")).data == "4"
 
-    with pytest.raises(AssertionError) as failed:
+    with pytest.raises(TimeoutError) as failed:
         await wait_for_event(client, data="never", timeout=0.2)
-    assert "no event with data='never' within 0.2s" in str(failed.value)
-    assert "events seen so far (7):" in str(failed.value)
+    assert str(failed.value) == (
+        f"no event with data='never' within 0.2s from {client.url}; "
+        "7 events seen, the last 3: 'message' '2'; 'message' '3'; 'message' '4'"
+    )
+
+
+# -- assert_no_event -------------------------------------------------------------------------
+
+
+async def test_assert_no_event_with_a_client(sse_client: SSEClientFactory) -> None:
+    sse = sse_adapter(define_hooks(open=lambda peer: peer.subscribe("news")), keepalive=0.05)
+    client = await sse_client(sse)
+    await wait_until(lambda: sse.peers, what="the peer")
+    # Keep-alive comments arrive meanwhile: they are not events, and do not
+    # stretch the wait (the outer bound only keeps a broken helper from hanging).
+    await asyncio.wait_for(assert_no_event(client, within=0.3), 10)
+    sse.publish("news", "x" * 1000, event="update")
+    with pytest.raises(AssertionError) as failed:
+        await assert_no_event(client, within=10)  # fails as soon as the event comes
+    assert str(failed.value) == (
+        f"expected no event within 10s from {client.url}, got 'update' 'xxxxxxxxxx"
+        + "x" * 50
+        + "'...(1000 chars)"
+    )
+    assert client.events[-1].data == "x" * 1000  # consumed, as by next_event
+
+
+async def test_assert_no_event_with_a_reader(aiohttp_client: Any) -> None:
+    peers: list[Peer] = []
+    app = web.Application()
+    sse_adapter(define_hooks(open=peers.append), keepalive=0.05).setup(app, "/sse")
+    resp = await (await aiohttp_client(app)).get("/sse")
+    reader = EventReader(resp)
+    await reader.comment()
+    await asyncio.wait_for(assert_no_event(reader, within=0.3), 10)
+    peers[0].send("late", id="1")
+    with pytest.raises(AssertionError, match=r"got 'message' 'late' \(id '1'\)$"):
+        await assert_no_event(reader, within=10)
+    peers[0].close()
+    with pytest.raises(SSEClientError, match="ended; 1 event seen"):
+        await assert_no_event(reader, within=10)  # an ended stream is no proof of silence
+    resp.close()
 
 
 # -- wait_until ------------------------------------------------------------------------------
@@ -212,7 +334,7 @@ async def test_wait_until_returns_the_truthy_value() -> None:
 
 
 async def test_wait_until_fails_naming_the_condition() -> None:
-    with pytest.raises(AssertionError, match="timed out waiting for the moon"):
+    with pytest.raises(TimeoutError, match="timed out waiting for the moon"):
         await wait_until(lambda: False, timeout=0.05, what="the moon")
 
 
@@ -239,10 +361,10 @@ async def test_event_reader_over_aiohttp_client(aiohttp_client: Any) -> None:
     assert reader.eof
     assert [e.data for e in reader.events] == ["a", "b\nc", "d"]
     assert b"data: a\n\n" in reader.raw
-    with pytest.raises(AssertionError, match=r"ended; events seen so far \(3\)"):
+    with pytest.raises(SSEClientError, match=r"ended; 3 events seen: 'message' 'a'; "):
         await reader.next()
     # next_event / wait_for_event accept a reader too.
-    with pytest.raises(AssertionError, match="ended before event"):
+    with pytest.raises(SSEClientError, match="ended; 3 events seen"):
         await next_event(reader)
     resp.close()
 
@@ -262,9 +384,44 @@ async def test_event_reader_comment_and_timeout(aiohttp_client: Any) -> None:
     app2 = web.Application()
     sse2.setup(app2, "/sse")
     quiet = await (await aiohttp_client(app2)).get("/sse")  # default keepalive: 15s
-    with pytest.raises(AssertionError, match=r"no data within 0.1s .*events seen so far: none"):
+    with pytest.raises(TimeoutError, match=r"no event within 0.1s .*; no events seen$"):
         await EventReader(quiet).next(timeout=0.1)
     quiet.close()
+    resp.close()
+
+
+READER_WAITS: dict[str, Callable[[EventReader], Awaitable[object]]] = {
+    "next_event": lambda reader: next_event(reader, timeout=0.3),
+    "wait_for_event": lambda reader: wait_for_event(reader, data="never", timeout=0.3),
+    "reader.next": lambda reader: reader.next(timeout=0.3),
+    "reader.take": lambda reader: reader.take(1, timeout=0.3),
+    "reader.rest": lambda reader: reader.rest(timeout=0.3),
+}
+
+
+@pytest.mark.parametrize("name", READER_WAITS)
+async def test_reader_timeouts_bound_the_whole_wait_despite_keepalives(
+    aiohttp_client: Any, name: str
+) -> None:
+    # A keep-alive arrives every 0.05 s, and no event ever: the wait must
+    # still give up after its timeout. The outer bound only keeps a broken
+    # helper from hanging the test.
+    app = web.Application()
+    sse_adapter(keepalive=0.05).setup(app, "/sse")
+    resp = await (await aiohttp_client(app)).get("/sse")
+    reader = EventReader(resp)
+    await reader.comment()
+    outer = asyncio.timeout(10)
+    try:
+        async with outer:
+            with pytest.raises(TimeoutError, match=r"^no .* within 0\.3s from "):
+                await READER_WAITS[name](reader)
+    except TimeoutError:
+        if outer.expired():
+            pytest.fail(f"{name}(timeout=0.3) was still waiting after 10 s")
+        raise
+    assert len(reader.comments) > 1  # keep-alives did arrive meanwhile
+    assert reader.events == []
     resp.close()
 
 
@@ -273,6 +430,7 @@ async def test_event_reader_comment_and_timeout(aiohttp_client: Any) -> None:
 USER_TESTS = """
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp_crossws_sse import define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import next_event, wait_until
@@ -325,8 +483,7 @@ def test_plugin_in_a_users_strict_mode_suite(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*test_failure_lists_events FAILED*",
-            "*AssertionError: no event within 0.2s from http://*; events seen so far (1):",
-            "*- event='message', data='hi'*",
+            "*TimeoutError: no event within 0.2s from http://*; 1 event seen: 'message' 'hi'",
         ]
     )
 

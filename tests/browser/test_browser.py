@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp_crossws_sse import CloseDetails, Peer, define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import wait_until
 from tests.browser.conftest import artifacts_dir
-from tests.conftest import RunAppServer
+from tests.conftest import RunAppServer, keepalives_written
 from tests.test_examples import load_example
 
 if TYPE_CHECKING:
@@ -195,6 +195,65 @@ async def test_basic_example_page(run_app_server: StartServer, browser: Browser)
     await expect(page.locator("#log li").filter(has_text="hello!")).to_have_count(
         1, timeout=WAIT_MS
     )
+    await page.close()
+    assert errors == []
+
+
+# -- keep-alive -------------------------------------------------------------------------
+
+KEEPALIVE_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>keep-alive</title>
+<script>
+  window.received = [];
+  window.errors = 0;
+  window.opens = 0;
+  const source = new EventSource("/sse");
+  window.source = source;
+  source.onopen = () => { window.opens += 1; };
+  source.onerror = () => { window.errors += 1; };
+  source.onmessage = (e) => window.received.push([e.type, e.data, e.lastEventId]);
+</script>
+"""
+
+
+async def test_event_source_stays_open_through_keepalives(
+    run_app_server: StartServer, browser: Browser
+) -> None:
+    """Keep-alives (``: ping`` alone, no blank line after it) between events
+    with ids: the page's EventSource stays open on its first connection,
+    dispatches no event for them, and gets the events sent after them."""
+    peers: list[Peer] = []
+
+    def open_(peer: Peer) -> None:
+        peers.append(peer)
+        peer.send("first", id="1")
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=KEEPALIVE_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    sse_adapter(define_hooks(open=open_), keepalive=0.05).setup(app, "/sse")
+    server = await run_app_server(app)
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.goto(server.url + "/")
+    await page.wait_for_function("() => window.received.length >= 1", timeout=WAIT_MS)
+    await keepalives_written(server.url + "/sse", 5)  # the page's stream got them too
+    peers[0].send("later", id="2")
+    await page.wait_for_function("() => window.received.length >= 2", timeout=WAIT_MS)
+    state = await page.evaluate(
+        "({received: window.received, errors: window.errors, opens: window.opens,"
+        " readyState: window.source.readyState})"
+    )
+    assert state == {
+        "received": [["message", "first", "1"], ["message", "later", "2"]],
+        "errors": 0,
+        "opens": 1,
+        "readyState": 1,  # OPEN
+    }
+    assert len(peers) == 2  # the page's and keepalives_written's: no reconnection
     await page.close()
     assert errors == []
 

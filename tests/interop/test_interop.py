@@ -9,6 +9,7 @@ skipped, or fail when ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from aiohttp_crossws_sse import CloseDetails, Message, Peer, define_hooks, sse_adapter
+from tests.conftest import keepalives_written
 
 pytestmark = pytest.mark.interop
 
@@ -118,3 +120,60 @@ async def test_websocketsse_client_chats_with_our_server(
     stats = sse.stats()
     # ping x2, five echoes, two chat lines, binary, unicode
     assert stats["messages_received"] == 11, (stats, output)
+
+
+async def test_npm_eventsource_through_keepalives(
+    aiohttp_server: Any, node_client: list[str]
+) -> None:
+    """npm ``eventsource`` (``node/keepalive.mjs``) on a stream whose events
+    carry ids, with keep-alives (``: ping`` alone, no blank line) between
+    them: no event for a keep-alive, no error, no reconnection."""
+    peers: list[Peer] = []
+
+    def open_(peer: Peer) -> None:
+        peers.append(peer)
+        peer.send("first", id="1")
+
+    app = web.Application()
+    sse_adapter(define_hooks(open=open_), keepalive=0.05).setup(app, "/sse")
+    server = await aiohttp_server(app, host="127.0.0.1")
+    url = f"http://127.0.0.1:{server.port}/sse"
+    proc = await asyncio.create_subprocess_exec(
+        node_client[0],
+        str(NODE_DIR / "keepalive.mjs"),
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=NODE_DIR,
+    )
+    assert proc.stdout is not None
+    records: list[dict[str, Any]] = []
+
+    async def record() -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, f"the client exited early: {records}"
+        records.append(json.loads(line))
+        return records[-1]
+
+    try:
+        while (await record()).get("data") != "first":
+            pass
+        await keepalives_written(url, 5)  # the client's stream got them too
+        peers[0].send("later", id="2")
+        peers[0].send("done", id="3")
+        while "readyState" not in await record():
+            pass
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, records
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert records == [
+        {"open": 1},
+        {"type": "message", "data": "first", "id": "1"},
+        {"type": "message", "data": "later", "id": "2"},
+        {"type": "message", "data": "done", "id": "3"},
+        {"readyState": 1},
+    ]
+    assert len(peers) == 2  # the client's and keepalives_written's: no reconnection
