@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
@@ -86,8 +87,11 @@ class SSEAdapter:
             raise TypeError(f"bidir must be a bool, not {type(bidir).__name__}")
         self._resolve = resolve
         self._bidir = bidir
+        if not bidir and self._hooks[0].message is not None:
+            warnings.warn(_NO_MESSAGES, UserWarning, stacklevel=3)
         self.options = Options.from_kwargs(options)
         self._registry = Registry(self.options, self._relay_failed)
+        self._registry.adapter = self
         #: Unique per adapter; backplanes drop what they relayed themselves.
         self.instance_id = str(uuid.uuid4())
         self._app: web.Application | None = None  # the app whose lifecycle we follow
@@ -143,6 +147,8 @@ class SSEAdapter:
         routes = [app.router.add_get(path, self._stream, allow_head=False, **route_kwargs)]
         if self._bidir:
             routes.append(app.router.add_post(path, self._message, **route_kwargs))
+        elif self._hooks[0].message is not None:  # a 405 that says why
+            app.router.add_post(path, _refuse_messages, **route_kwargs)
         return routes
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
@@ -151,10 +157,11 @@ class SSEAdapter:
         Mount it with ``sse.setup(app)`` too, so that shutdown closes streams."""
         if request.method == "GET":
             return await self._stream(request)
-        allowed = ("GET", "POST") if self._bidir else ("GET",)
         if request.method == "POST" and self._bidir:
             return await self._message(request)
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
+        if request.method == "POST":
+            return await _refuse_messages(request)
+        raise web.HTTPMethodNotAllowed(request.method, ("GET", "POST") if self._bidir else ("GET",))
 
     def publish(
         self, topic: str, data: Any, *, event: str | None = None, namespace: str | None = None
@@ -527,3 +534,19 @@ def _signal(signal: object) -> _AppSignal:
     """``app.on_startup``/``on_shutdown``, typed the same on every aiohttp in
     our range (3.12.0's annotation disagrees with aiosignal 1.4's ``Signal``)."""
     return cast(_AppSignal, signal)
+
+
+_NO_MESSAGES = (
+    "a message hook without bidir=True never runs: clients cannot send; "
+    "create the adapter with sse_adapter(..., bidir=True) to accept their POSTs"
+)
+
+
+async def _refuse_messages(request: web.Request) -> web.StreamResponse:
+    """``POST`` to an adapter made without ``bidir``: 405, saying why."""
+    raise web.HTTPMethodNotAllowed(
+        "POST",
+        ("GET",),
+        text="this endpoint takes no messages: the server creates its adapter without "
+        "bidir=True (sse_adapter(..., bidir=True) accepts them over POST)",
+    )

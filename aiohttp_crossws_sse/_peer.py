@@ -6,8 +6,8 @@ outbox) is its ``Connection``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ __all__ = [
     "REASON_TERMINATED",
     "CloseDetails",
     "Peer",
+    "PeerAdapter",
     "gave_event_id",
     "last_event_id",
 ]
@@ -60,6 +61,26 @@ def gave_event_id(request: web.BaseRequest) -> bool:
     return bool(_sent_event_id(request))
 
 
+class PeerAdapter(Protocol):
+    """What ``Peer.adapter`` offers: the public surface of its ``SSEAdapter``
+    (the object is that adapter; typed by its surface, so this module need
+    not import the adapter's)."""
+
+    @property
+    def peers(self) -> Mapping[str, Peer]: ...
+
+    @property
+    def bidir(self) -> bool: ...
+
+    def publish(
+        self, topic: str, data: Any, *, event: str | None = None, namespace: str | None = None
+    ) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
 class CloseDetails:
     """Why a peer closed: ``code`` and ``reason``, each possibly ``None``."""
 
@@ -93,6 +114,12 @@ class Peer:
         self.request = request
         self._conn = conn
         self._context = context  # created on first use: most peers never need one
+
+    @property
+    def adapter(self) -> PeerAdapter:
+        """The ``SSEAdapter`` this peer belongs to (to publish or count from a hook)."""
+        adapter: PeerAdapter = self._conn.registry.adapter
+        return adapter
 
     @property
     def context(self) -> dict[str, Any]:

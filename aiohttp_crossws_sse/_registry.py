@@ -103,6 +103,8 @@ class Registry:
         self.scheduler = Scheduler(options, self.stats)
         #: Every public call goes through it (thread check, then settle).
         self.guard = LoopGuard(self.scheduler)
+        #: The SSEAdapter these peers belong to (``Peer.adapter``).
+        self.adapter: Any = None
         self.connections: dict[str, Connection] = {}
         self.namespaces: dict[str, Namespace] = {}
         #: Event ids and replay (option ``history``); ``None`` when off.
@@ -143,6 +145,7 @@ class Registry:
         ns.connections.pop(peer_id, None)
         for topic in conn.topic_list():
             ns.leave(topic, conn.outbox)
+        conn.topics = None  # it left them: ``peer.topics`` says so from now on
         if not ns.connections and not ns.topics and self.namespaces.get(ns.name) is ns:
             del self.namespaces[ns.name]
         if not self.connections and self._keepalive_handle is not None:

@@ -753,8 +753,11 @@ async def test_resolve_is_not_called_again_for_posts(aiohttp_client: Any) -> Non
 
 
 async def test_post_without_bidir_is_405(aiohttp_client: Any) -> None:
+    """A message hook without ``bidir`` is a mistake: a warning when the
+    adapter is made, and a 405 whose body names ``bidir=True``."""
     got = Got()
-    sse = sse_adapter(got)
+    with pytest.warns(UserWarning, match=r"bidir=True"):
+        sse = sse_adapter(got)
     app = make_app(sse)
     app.router.add_route("*", "/bare", sse.handler)
     client = await aiohttp_client(app)
@@ -764,6 +767,8 @@ async def test_post_without_bidir_is_405(aiohttp_client: Any) -> None:
     for path in ("/sse", "/bare"):
         resp = await client.post(path, data=b"x", headers={"x-crossws-id": peer_id})
         assert resp.status == 405
+        assert resp.headers["Allow"] == "GET"
+        assert "bidir=True" in await resp.text()
     assert got.messages == []
     stream.close()
 

@@ -722,3 +722,42 @@ def test_defaults() -> None:
     assert options.namespace is None
     assert options.sync is None
     assert options.history == 0
+
+
+async def test_hooks_reach_the_adapter_through_the_peer(aiohttp_client: Any) -> None:
+    """``peer.adapter`` is the adapter: a hook can publish or count through it."""
+    seen: list[object] = []
+
+    def open_(peer: Peer) -> None:
+        seen.append(peer.adapter)
+        peer.subscribe("t")
+        peer.adapter.publish("t", f"{len(peer.adapter.peers)} here")
+
+    sse = sse_adapter(define_hooks(open=open_))
+    client = await aiohttp_client(make_app(sse))
+    reader = EventReader(await client.get("/sse"))
+    assert (await reader.next()).data == "1 here"
+    assert seen == [sse]
+    reader.response.close()
+
+
+async def test_the_close_hook_sees_a_peer_that_left_its_topics(aiohttp_client: Any) -> None:
+    """When ``close`` runs the peer has left ``peers`` and its topics."""
+    seen: list[tuple[frozenset[str], bool, int]] = []
+
+    def close(peer: Peer, details: CloseDetails) -> None:
+        seen.append((peer.topics, peer.id in peer.adapter.peers, peer.ready_state))
+
+    sse = sse_adapter(
+        define_hooks(open=lambda p: (p.subscribe("a"), p.subscribe("b")), close=close)
+    )
+    client = await aiohttp_client(make_app(sse))
+    reader = EventReader(await client.get("/sse"))
+    await wait_until(lambda: len(sse.peers) == 1)
+    (peer,) = sse.peers.values()
+    assert peer.topics == {"a", "b"}
+    peer.close()
+    await peer.wait_closed()
+    assert seen == [(frozenset(), False, 3)]
+    assert sse.stats()["topics"] == 0
+    reader.response.close()

@@ -195,12 +195,9 @@ async def test_outage_publishes_are_reported_to_the_error_hook_never_raised(
         peer.subscribe("t")
         peer.send("ready")
 
-    def message(peer: Peer, msg: Any) -> None:
-        peer.publish("t", msg.text())
-
     sync = RedisSync(own_redis_server.url, channel="hooks", **FAST_OPTIONS)
     sse = sse_adapter(
-        define_hooks(open=open_, message=message, error=lambda p, e: errors.append((p, e))),
+        define_hooks(open=open_, error=lambda p, e: errors.append((p, e))),
         sync=sync,
     )
     app = web.Application()
