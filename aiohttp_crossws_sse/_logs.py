@@ -31,7 +31,7 @@ class RateLimitedLog:
         """Forget every window (tests start from a clean slate)."""
         self._kinds.clear()
 
-    def log(self, kind: str, level: int, msg: str, *args: object) -> None:
+    def log(self, kind: str, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
         if not self.logger.isEnabledFor(level):
             return
         now = time.monotonic()
@@ -46,7 +46,7 @@ class RateLimitedLog:
             state[2] += 1
             return
         state[1] += 1
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
 
 
 #: Slow consumers, send timeouts, refused streams: one limiter per process,

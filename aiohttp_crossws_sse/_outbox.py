@@ -47,6 +47,7 @@ outbox and its fast path is unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
@@ -54,6 +55,7 @@ from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Protocol
 
 from ._frame import EAGER_WRITE, unchunk
+from ._logs import operator_log
 from ._protocol import Forwarder
 
 if TYPE_CHECKING:
@@ -191,11 +193,23 @@ class Scheduler:
     def _flush(self) -> None:
         self.handle = None
         batches, self.batches = self.batches, []
+        # One failure (a transport that raises) must cost that batch or that
+        # peer only: the other topics' batches are still written, and no
+        # batch stays half-open (its topic would never be written again).
         for fanout in batches:
-            fanout.close_batch(self)
+            try:
+                fanout.close_batch(self)
+            except Exception:
+                fanout.drop_batch()
+                _log_failure("a topic's batch")
         dirty, self.dirty = self.dirty, []
         for outbox in dirty:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:
+                outbox.abort()
+                outbox.owner.end_abruptly(REASON_LOST)
+                _log_failure("a peer's queue")
 
 
 class Outbox(Forwarder):
@@ -859,6 +873,24 @@ class Fanout:
         if self.size > sched.segment:  # one big frame
             self.write_batch(reopen=True)
 
+    def drop_batch(self) -> None:
+        """Forget this iteration's batch after a failure while writing it:
+        its subscribers are unbound, so the topic is written again from the
+        next publish on."""
+        for outbox in self.bound:
+            if outbox.batch is self:
+                outbox.batch = None
+        for outbox in self.laggards:
+            if outbox.batch is self:
+                outbox.batch = None
+        self.frames = None
+        self.size = 0
+        self.bound = []
+        self.starts = {}
+        self.laggards = {}
+        self.rebound = False
+        self.left = False
+
     def pending_for(self, outbox: Outbox) -> int:
         """Bytes of the batch that ``outbox`` (bound to it) has yet to get."""
         frames = self.frames
@@ -993,6 +1025,18 @@ class Fanout:
             whole = frames[0] if len(frames) == 1 else b"".join(frames)
             _write_each(members, transports, fds, whole)
         return True
+
+
+def _log_failure(what: str) -> None:
+    # logging.exception's traceback, rate-limited: a bug here must be seen,
+    # not flood the log
+    operator_log.log(
+        "write path failure",
+        logging.ERROR,
+        "the write path failed writing %s (dropped; the other peers are served)",
+        what,
+        exc_info=True,
+    )
 
 
 def _idle(outbox: Outbox) -> bool:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from aiohttp_crossws_sse import Peer, define_hooks, sse_adapter
+from aiohttp_crossws_sse.client import SSEClientError
 from tests.conftest import EventReader, wait_until
 from tests.test_deploy import missing
 from tests.test_reliability import RawClient, url_of
@@ -201,3 +203,45 @@ async def test_a_replay_is_never_cut_by_the_slow_consumer_policy(aiohttp_client:
     assert peer.recovered is True
     assert sse.stats()["slow_consumers"] == 0
     await raw.close()
+
+
+async def test_a_failure_while_writing_a_batch_never_leaves_a_topic_stuck(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that raises at the end of an iteration (a broken transport)
+    costs that batch, or that one peer, only: it is logged, and later
+    publishes to the same topic reach every peer still open (the topic's
+    batch is never left half-open)."""
+    from aiohttp_crossws_sse import _outbox
+
+    sse = sse_adapter(define_hooks(open=lambda p: (p.subscribe("a"), p.subscribe("b"))))
+    client = await aiohttp_client(app_for(sse))
+    readers = [EventReader(await client.get("/sse")) for _ in range(3)]
+    await wait_until(lambda: len(sse.peers) == 3)
+    real = _outbox._os_write
+    failures = [RuntimeError("the transport broke")]
+
+    def os_write(fd: int, data: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return real(fd, data)
+
+    monkeypatch.setattr(_outbox, "_os_write", os_write)
+    sse.publish("a", "a1")  # a write of this iteration meets the failure
+    sse.publish("b", "b1")
+    await wait_until(lambda: not failures)
+    await asyncio.sleep(0.05)  # let the iteration end
+    sse.publish("a", "a2")
+    served = 0
+    for reader in readers:
+        got: list[str] = []
+        try:
+            while not got or got[-1] != "a2":  # a1 may be what was lost
+                got.append((await reader.next()).data)
+        except (aiohttp.ClientPayloadError, SSEClientError):
+            continue  # the one peer whose own write failed
+        assert got[-1] == "a2" and "b1" in got, got
+        served += 1
+        reader.response.close()
+    assert served >= 2
+    assert "the write path failed writing" in caplog.text
