@@ -57,9 +57,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import hdrs, web
 
 from . import _llhttp
-from ._chunked import ChunkedDecoder, ChunkedError, State
 from ._hooks import run_hooks
 from ._message import Message
+from ._post.decoder import ChunkedDecoder, ChunkedError, State
 from ._protocol import Forwarder
 from ._wire import ReadyState
 

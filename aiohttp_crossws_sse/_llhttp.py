@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 from aiohttp import http_parser, web
 from aiohttp.streams import StreamReader
 
-from ._chunked import More, Position, State
+from ._post.decoder import More, Position, State
 
 __all__ = [
     "WINDOW",

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aiohttp_crossws_sse._chunked import (
+from aiohttp_crossws_sse._post.decoder import (
     MAX_LINE,
     MAX_TRAILERS,
     ChunkedDecoder,

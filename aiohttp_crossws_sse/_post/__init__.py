@@ -1,0 +1,1 @@
+"""The POST channel of bidirectional mode (being moved here from ``_bidir``)."""
