@@ -56,9 +56,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
 
-from . import _llhttp
 from ._hooks import run_hooks
 from ._message import Message
+from ._post import takeover
 from ._post.decoder import ChunkedDecoder, ChunkedError, State
 from ._protocol import Forwarder
 from ._wire import ReadyState
@@ -314,6 +314,7 @@ class _Channel:
         "inner",
         "last",
         "limit",
+        "llhttp",
         "loop",
         "mode",
         "open",
@@ -325,7 +326,6 @@ class _Channel:
         "reason",
         "request",
         "status",
-        "takeover",
         "tap",
         "timeout",
         "timer",
@@ -362,8 +362,8 @@ class _Channel:
         self.held = 0  # what buf counts against the inbox
         self.pending = 0  # messages of this POST queued or being handled
         self.decoder: ChunkedDecoder | None = None
-        self.takeover: _llhttp.Takeover | None = None
-        self.handback: _llhttp.PythonTakeover | None = None  # RAW under the Python parser
+        self.llhttp: takeover.LlhttpTakeover | None = None
+        self.handback: takeover.PythonTakeover | None = None  # RAW under the Python parser
         self._ahead = False  # RAW: llhttp's position is learnt from the first new bytes
         self.transport: asyncio.Transport | None = None
         self.inner: Any = None  # aiohttp's protocol
@@ -416,11 +416,11 @@ class _Channel:
     def start(self) -> None:
         """Take what aiohttp parsed already and put the tap in place."""
         content = self.content
-        if self._tap_possible() and (not self.chunked or _llhttp.reads_chunk_ends(content)):
-            parser = _llhttp.llhttp_parser(self.request) if self.chunked else None
+        if self._tap_possible() and (not self.chunked or takeover.reads_chunk_ends(content)):
+            parser = takeover.llhttp_parser(self.request) if self.chunked else None
             python = None
             if self.chunked and parser is None:
-                python = _llhttp.PythonTakeover.of(self.request)
+                python = takeover.PythonTakeover.of(self.request)
             self.mode = _FORWARD
             self._install_tap()
             # Before aiohttp's parser is left behind, everything it parsed (or
@@ -431,7 +431,7 @@ class _Channel:
                 self._take_over(python)
             elif self.open and parser is not None:
                 self.mode = _RAW
-                self.takeover = _llhttp.Takeover(parser, content)
+                self.llhttp = takeover.LlhttpTakeover(parser, content)
                 if self.buf is not None:
                     self._locate_in_data()
                 else:
@@ -650,7 +650,7 @@ class _Channel:
         try:
             while self.open:
                 if self.chunked:
-                    data, end = _llhttp.read_parsed(content)
+                    data, end = takeover.read_parsed(content)
                 else:  # a plain body needs no chunk ends (nor aiohttp's internals)
                     data, end = content.read_nowait(-1), False
                 if data:
@@ -672,7 +672,7 @@ class _Channel:
 
     # -- RAW: the channel decodes --------------------------------------------------------------
 
-    def _take_over(self, python: _llhttp.PythonTakeover) -> None:
+    def _take_over(self, python: takeover.PythonTakeover) -> None:
         """Decode from where aiohttp's Python parser stopped (its position is
         read, not probed); in an unknown state it just goes on (FORWARD)."""
         located = python.locate()
@@ -690,9 +690,9 @@ class _Channel:
 
     def _locate_in_data(self) -> None:
         """llhttp stopped inside a chunk whose data it has partly passed on."""
-        assert self.takeover is not None and self.buf is not None
+        assert self.llhttp is not None and self.buf is not None
         budget = self.limit - len(self.buf)
-        located = self.takeover.in_data(budget)
+        located = self.llhttp.in_data(budget)
         if located.due > budget:
             self._refuse(413)
             self.mode = _DROP
@@ -702,8 +702,8 @@ class _Channel:
         self.decoder = ChunkedDecoder(self, located.position)
 
     def _locate_at_line(self, ahead: bytes) -> None:
-        assert self.takeover is not None
-        located = self.takeover.at_line(ahead, self.limit)
+        assert self.llhttp is not None
+        located = self.llhttp.at_line(ahead, self.limit)
         if located.due > self.limit:
             self._refuse(413)
             self.mode = _DROP
