@@ -58,7 +58,7 @@ async def receive(
     """Read one ``POST``'s messages and hand them to ``conn``'s message hooks.
 
     The caller has run the upgrade hooks and matched ``conn`` to the request.
-    Returns (or raises, for errors) the response; see the module docstring.
+    Returns (or raises, for errors) the response (``channel`` lists them).
     ``spawn`` runs the hook task (the adapter waits for it on shutdown).
     """
     inbox = Inbox.of(conn, options, stats, spawn)
