@@ -13,7 +13,6 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from ._bidir import receive, refuse
 from ._boundary import on_the_loop
 from ._connection import Connection
 from ._frame import encode_retry
@@ -32,6 +31,7 @@ from ._hooks import (
 from ._logs import operator_log
 from ._options import Options
 from ._peer import REASON_SHUTDOWN, CloseDetails, Peer
+from ._post import receive, refuse
 from ._registry import PeerView, Registry
 from ._wire import PEER_ID_HEADER, ReadyState
 from .sync.base import SyncLink

@@ -72,7 +72,7 @@ class Connection:
         self.finalized = 0  # 1: close hooks running, 2: done
         self.closed: asyncio.Future[None] | None = None
         self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.inbox: Any = None  # the POST channel's state for this peer (_bidir)
+        self.inbox: Any = None  # the POST channel's inbox for this peer (_post.inbox)
         self.outbox = Outbox(registry.scheduler, self, chunked=request.version >= (1, 1))
         self.peer = Peer(self, request, context, peer_id)
         # Last-Event-ID replay (see ``replay``), one slot for all its states:

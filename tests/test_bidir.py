@@ -335,7 +335,7 @@ async def test_aiohttp_framing_when_llhttp_cannot_be_probed(
 ) -> None:
     """Without the probe (llhttp unrecognised) aiohttp's own chunk ends split
     the messages: standard framing still gives each message, whole, at once."""
-    from aiohttp_crossws_sse import _llhttp
+    from aiohttp_crossws_sse._post import takeover as _llhttp
 
     monkeypatch.setattr(_llhttp, "llhttp_parser", lambda request: None)
     got, _, client, stream, peer_id = await setup(aiohttp_client)
@@ -456,7 +456,7 @@ async def test_fallback_without_aiohttp_internals(
 ) -> None:
     """Should aiohttp's internals change, messages still arrive (through
     ``readchunk()``: whole, in order, limits enforced)."""
-    from aiohttp_crossws_sse import _llhttp
+    from aiohttp_crossws_sse._post import takeover as _llhttp
 
     monkeypatch.setattr(_llhttp, "reads_chunk_ends", lambda content: False)
     got, _, client, stream, peer_id = await setup(aiohttp_client, max_message_size=8)
@@ -1016,7 +1016,7 @@ async def test_the_parser_in_use_is_taken_over_on_this_aiohttp(
     late under llhttp."""
     from aiohttp import http_parser
 
-    from aiohttp_crossws_sse import _llhttp
+    from aiohttp_crossws_sse._post import takeover as _llhttp
 
     python = http_parser.HttpRequestParser is http_parser.HttpRequestParserPy
     found: list[bool] = []
@@ -1065,7 +1065,7 @@ async def test_python_parser_is_taken_over_on_this_aiohttp(
     at the body's end: keep-alive works, the next request is served."""
     from aiohttp import http_parser, web_protocol
 
-    from aiohttp_crossws_sse import _llhttp
+    from aiohttp_crossws_sse._post import takeover as _llhttp
 
     monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
     first, rest, expected = PYTHON_STOPS[where]

@@ -1,4 +1,4 @@
-"""The chunked-coding decoder (``_chunked``), property-tested: pure, no I/O.
+"""The chunked-coding decoder (``_post.decoder``), property-tested: pure, no I/O.
 
 A body is made of random chunks (with optional extensions, leading zeros,
 upper-case hex, trailers) and fed split at random places — including Node's
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aiohttp_crossws_sse._chunked import (
+from aiohttp_crossws_sse._post.decoder import (
     MAX_LINE,
     MAX_TRAILERS,
     ChunkedDecoder,
