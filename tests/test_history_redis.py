@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aiohttp_crossws_sse import Peer, SSEAdapter, define_hooks, sse_adapter
+from aiohttp_crossws_sse import Peer, SSEAdapter, SSEError, define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import ServerSentEvent
 from tests.backplanes import (  # noqa: F401
     FAST_OPTIONS,
@@ -36,8 +36,9 @@ from aiohttp_crossws_sse.sync import RedisSync
 
 
 class Instance:
-    def __init__(self, url: str, channel: str, history: int) -> None:
+    def __init__(self, url: str, channel: str, history: int, **options: Any) -> None:
         self.peers: dict[str, Peer] = {}
+        self.errors: list[tuple[Peer | None, SSEError]] = []
 
         def open_(peer: Peer) -> None:
             self.peers[peer.request.query.get("name", "")] = peer
@@ -46,10 +47,12 @@ class Instance:
             if "publish" in peer.request.query:
                 peer.publish("t", peer.request.query["publish"])
 
+        def error(peer: Peer | None, err: SSEError) -> None:
+            self.errors.append((peer, err))
+
+        self.sync = RedisSync(url, channel=channel, **{**FAST_OPTIONS, **options})
         self.sse: SSEAdapter = sse_adapter(
-            define_hooks(open=open_),
-            history=history,
-            sync=RedisSync(url, channel=channel, **FAST_OPTIONS),
+            define_hooks(open=open_, error=error), history=history, sync=self.sync
         )
         self.app = web.Application()
         self.sse.setup(self.app, "/sse")
@@ -193,6 +196,36 @@ async def test_redis_restarted_without_persistence_is_not_recovered(
     assert event.data == "after" and event.id.split("-")[0] != last.split("-")[0]
     watcher.response.close()
     second.response.close()
+
+
+async def test_publishes_beyond_max_pending_still_reach_local_subscribers(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """``max_pending`` limits relaying, never local delivery: a publish refused
+    for relaying reaches this instance's subscribers without an id, as during
+    an outage (and is reported)."""
+    channel = f"pending-{uuid.uuid4()}"
+    one = await Instance(redis_server.url, channel, 100, max_pending=1000).serve(aiohttp_client)
+    reader = await one.stream("x")
+    for digit in "012":  # one loop iteration: the third finds 1200 bytes pending
+        one.sse.publish("t", digit * 600)
+    got = {e.data[0]: e for e in await reader.take(3)}
+    assert sorted(got) == ["0", "1", "2"]
+    blocks = _blocks(reader.raw)
+    assert b"id:" in blocks["0"] and b"id:" in blocks["1"]
+    assert b"id:" not in blocks["2"]  # not replayable: it never reached Redis
+    await wait_until(lambda: any("not relayed" in str(e) for _, e in one.errors))
+    reader.response.close()
+
+
+def _blocks(raw: bytes | bytearray) -> dict[str, bytes]:
+    """The raw SSE blocks of a stream, by the first character of their data."""
+    out: dict[str, bytes] = {}
+    for block in bytes(raw).split(b"\n\n"):
+        start = block.find(b"data: ")
+        if start >= 0:
+            out[chr(block[start + 6])] = block
+    return out
 
 
 # -- across processes ------------------------------------------------------------------

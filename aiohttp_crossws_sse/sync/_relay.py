@@ -223,12 +223,14 @@ class RelaySync(Sync):
             if self._link is None or self._closing:
                 raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
             self._lost(1, self._down_cause)
+            self._unsent([message])
             return
         pending = self._pending
         if not pending:
             self._wake.set()  # the writer sends what this loop iteration queues
         elif self._pending_bytes > self.max_pending:
             self._lost(1, BufferError(f"more than {self.max_pending} bytes waiting to be sent"))
+            self._unsent([message])
             return
         pending.append(message)
         self._pending_bytes += len(message.data)
@@ -425,7 +427,8 @@ class RelaySync(Sync):
         await self._send(self.pack(batch, data_bytes))
 
     def _unsent(self, batch: list[Relayed]) -> None:
-        """``batch`` could not be relayed (already reported as lost)."""
+        """``batch`` could not be relayed (already reported as lost): by the
+        writer, or refused by ``publish`` (unreachable, over ``max_pending``)."""
 
     # -- the listener ------------------------------------------------------------------
 

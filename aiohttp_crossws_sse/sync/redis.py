@@ -191,13 +191,10 @@ class RedisSync(RelaySync):
         self.assigns_ids = link.history > 0
         await super().start(link)
 
-    def publish(self, message: Relayed) -> None:
-        super().publish(message)
-        if self.assigns_ids and not self._up and self._link is not None:
-            # Local peers are still served (without an id: not replayable).
-            self._link.deliver(message)
-
     def _unsent(self, batch: list[Relayed]) -> None:
+        # With history, a publish reaches even local peers only back from
+        # Redis: one that never got there is delivered here now (without an
+        # id: not replayable), whatever kept it from Redis.
         if self.assigns_ids and self._link is not None:
             for message in batch:
                 self._link.deliver(message)
