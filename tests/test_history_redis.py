@@ -218,6 +218,60 @@ async def test_publishes_beyond_max_pending_still_reach_local_subscribers(
     reader.response.close()
 
 
+async def _resume_while_unreachable(one: Instance, last: str) -> EventReader:
+    """Resume on ``one`` while its Redis is unreachable: the stream must be
+    served fresh — recovered False, the error hook told with the peer — and
+    go on live."""
+    resumed = await one.stream("resumed", last)
+    await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+    assert one.peers["resumed"].recovered is False
+    (peer, err), *_ = [(p, e) for p, e in one.errors if p is not None]
+    assert peer is one.peers["resumed"] and isinstance(err, SSEError)
+    assert "replay failed" in str(err)
+    one.peers["resumed"].send("direct")
+    assert (await resumed.next()).data == "direct"
+    return resumed
+
+
+async def test_a_replay_while_redis_is_down_serves_the_stream_fresh(
+    own_redis_server: RedisServer, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = await Instance(own_redis_server.url, f"down-{uuid.uuid4()}", 100).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "before")
+    last = (await first.next()).id
+    first.response.close()
+    own_redis_server.kill()
+    await wait_until(lambda: not one.sync._up, timeout=10)
+    resumed = await _resume_while_unreachable(one, last)
+    one.sse.publish("t", "live")  # local peers are served during an outage, without ids
+    assert (await resumed.next()).data == "live"
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp.")]  # no handler error
+    resumed.response.close()
+
+
+async def test_a_replay_while_redis_hangs_gives_up_after_fetch_timeout(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """SIGSTOP, unnoticed by the heartbeat yet: the fetch has its own bound."""
+    one = await Instance(
+        own_redis_server.url, f"hung-{uuid.uuid4()}", 100, heartbeat=60.0, fetch_timeout=0.5
+    ).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "before")
+    last = (await first.next()).id
+    first.response.close()
+    assert own_redis_server.proc is not None
+    own_redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        resumed = await _resume_while_unreachable(one, last)
+        assert one.sync._up  # not noticed: the fetch's own timeout ended the wait
+        assert "fetch_timeout" in str(one.errors[-1][1])
+    finally:
+        own_redis_server.proc.send_signal(signal.SIGCONT)
+    resumed.response.close()
+
+
 def _blocks(raw: bytes | bytearray) -> dict[str, bytes]:
     """The raw SSE blocks of a stream, by the first character of their data."""
     out: dict[str, bytes] = {}

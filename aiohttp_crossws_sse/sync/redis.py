@@ -19,7 +19,7 @@ from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
-from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, redact
+from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive, redact, why
 from .base import Relayed, SyncLink
 
 
@@ -122,7 +122,9 @@ class RedisSync(RelaySync):
     attempts are reported at most this often, with counts),
     ``send_timeout`` (10 s: a batch not sent by then counts as lost),
     ``max_pending`` (16 MiB: data queued and not yet sent beyond which
-    further publishes are not relayed, and reported).
+    further publishes are not relayed, and reported), ``fetch_timeout``
+    (5 s, with history: a replay's read of the history not answered by then
+    gives up, and the client's stream goes on without the replay).
     """
 
     kind = "Redis"
@@ -138,6 +140,7 @@ class RedisSync(RelaySync):
         report_interval: float = 10.0,
         send_timeout: float = 10.0,
         max_pending: int = 16 << 20,
+        fetch_timeout: float = 5.0,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -160,6 +163,7 @@ class RedisSync(RelaySync):
                 "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
                 f"{type(url_or_client).__name__}"
             )
+        self.fetch_timeout = _positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
@@ -284,10 +288,35 @@ class RedisSync(RelaySync):
         skip_sender: str | None,
     ) -> Replay:
         """The cluster's history after ``position`` on ``topics``, up to the
-        newest publish delivered here (see ``Sync.assigns_ids``)."""
+        newest publish delivered here (see ``Sync.assigns_ids``). Raises
+        ``ConnectionError`` when Redis is unreachable or does not answer
+        within ``fetch_timeout`` (the replay then gives up: the client's
+        stream goes on without it)."""
         client = self._client
         if client is None:
             return Replay([], False, 0, None)
+        if not self._up:
+            raise ConnectionError(
+                f"cannot read the history: {self.describe()} is unreachable "
+                f"({why(self._down_cause)})"
+            )
+        try:
+            async with asyncio.timeout(self.fetch_timeout):
+                return await self._fetch(client, topics, position, namespace, skip_sender)
+        except TimeoutError as exc:
+            raise ConnectionError(
+                f"reading the history from {self.describe()} took longer than "
+                f"fetch_timeout={self.fetch_timeout} s"
+            ) from exc
+
+    async def _fetch(
+        self,
+        client: Redis,
+        topics: tuple[str, ...],
+        position: tuple[str, int] | None,
+        namespace: str | None,
+        skip_sender: str | None,
+    ) -> Replay:
         if self._fetch_script is None:
             self._fetch_script = client.register_script(_FETCH)
         live_epoch, live_seq = self._live
