@@ -31,8 +31,8 @@ from tests.backplanes import (  # noqa: F401
 )
 from tests.conftest import EventReader, wait_until
 
-pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
-from aiohttp_crossws_sse.sync import RedisSync
+redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
+from aiohttp_crossws_sse.sync import RedisSync  # noqa: E402
 
 
 class Instance:
@@ -269,6 +269,64 @@ async def test_a_replay_while_redis_hangs_gives_up_after_fetch_timeout(
         assert "fetch_timeout" in str(one.errors[-1][1])
     finally:
         own_redis_server.proc.send_signal(signal.SIGCONT)
+    resumed.response.close()
+
+
+async def test_a_replay_waits_for_this_instance_without_polling_redis(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """A client resumes with an id this instance never delivered (a pub/sub
+    message it missed): the replay waits for the live position without
+    asking Redis again, and gives up after ``fetch_timeout`` (recovered False)."""
+    channel = f"stale-{uuid.uuid4()}"
+    one = await Instance(own_redis_server.url, channel, 100, fetch_timeout=1.0).serve(
+        aiohttp_client
+    )
+    first = await one.stream("first")
+    one.sse.publish("t", "seen")
+    epoch = (await first.next()).id.split("-")[0]
+    first.response.close()
+    raw = redis_asyncio.Redis.from_url(own_redis_server.url)
+    try:
+        # a publish as the Lua script makes it, but whose message never came
+        await raw.incr(f"{channel}:seq")
+        await raw.xadd(f"{channel}:history:t", {"r": '[null,null,"missed",null]'}, id="0-2")
+        await raw.config_resetstat()
+        resumed = await one.stream("resumed", f"{epoch}-2")
+        await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+        assert one.peers["resumed"].recovered is False
+        assert "fetch_timeout" in str(one.errors[-1][1])
+        stats = await raw.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] <= 2, stats["cmdstat_evalsha"]
+    finally:
+        await raw.aclose()
+    one.sse.publish("t", "live")
+    assert (await resumed.next()).data == "live"
+    resumed.response.close()
+
+
+async def test_a_replay_behind_the_client_goes_on_once_this_instance_catches_up(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """The client comes from an instance ahead of this one: the replay waits
+    for this instance's live position, then goes on (recovered True)."""
+    channel = f"behind-{uuid.uuid4()}"
+    one = await Instance(redis_server.url, channel, 100).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "seen")
+    epoch = (await first.next()).id.split("-")[0]
+    first.response.close()
+    raw = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        await raw.incr(f"{channel}:seq")  # seq 2: published, its message not here yet
+        await raw.xadd(f"{channel}:history:t", {"r": '[null,null,"late",null]'}, id="0-2")
+        resumed = await one.stream("resumed", f"{epoch}-2")
+        one.sse.publish("t", "next")  # seq 3: brings this instance past the client
+        assert (await resumed.next()).data == "next"
+        await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+        assert one.peers["resumed"].recovered is True
+    finally:
+        await raw.aclose()
     resumed.response.close()
 
 

@@ -173,6 +173,7 @@ class RedisSync(RelaySync):
         self._keys = (f"{channel}:epoch", f"{channel}:seq", f"{channel}:evicted")
         self._streams = f"{channel}:history:"
         self._live: tuple[str | None, int] = (None, 0)
+        self._live_moved: asyncio.Event | None = None  # set when _live moves (if awaited)
         self._publish_script: Any = None
         self._fetch_script: Any = None
 
@@ -279,6 +280,7 @@ class RedisSync(RelaySync):
                 except Exception as exc:
                     self.report(exc)
             seq += 1
+        self._live_moved_on()
 
     async def fetch(
         self,
@@ -334,9 +336,12 @@ class RedisSync(RelaySync):
         complete = position is not None and position[0] == epoch
         if epoch != live_epoch or after > live_seq:
             # This instance has not yet delivered what the cluster published
-            # (a new epoch, or the client came from an instance ahead of it).
-            await asyncio.sleep(0.005)
-            return Replay([], complete, upto, epoch)
+            # (a new epoch, or the client came from an instance ahead of it):
+            # read again once it has — waiting for its listener, not polling
+            # Redis; fetch_timeout bounds the wait (a message it missed).
+            start = position[1] if position is not None and position[0] == epoch else 0
+            await self._until_delivered(epoch, start)
+            return Replay([], complete, start, epoch)
         runs: list[tuple[int, bytes]] = []
         for i in range(2, len(result), 2):
             deleted = int(_text(result[i]).split("-")[1])
@@ -350,6 +355,20 @@ class RedisSync(RelaySync):
                     runs.append((seq, frame))
         runs.sort(key=lambda item: item[0])
         return Replay([frame for _, frame in runs], complete, upto, epoch)
+
+    async def _until_delivered(self, epoch: str, seq: int) -> None:
+        """Wait until this instance has delivered the publish ``(epoch, seq)``."""
+        while self._live[0] != epoch or self._live[1] < seq:
+            moved = self._live_moved
+            if moved is None:
+                moved = self._live_moved = asyncio.Event()
+            await moved.wait()
+
+    def _live_moved_on(self) -> None:
+        """Wake the fetches waiting in ``_until_delivered`` (``_live`` moved)."""
+        moved, self._live_moved = self._live_moved, None
+        if moved is not None:
+            moved.set()
 
     def caught_up(self, replay: Replay) -> bool:
         if replay.epoch is None:
@@ -369,6 +388,7 @@ class RedisSync(RelaySync):
             seq_n = int(seq or 0)
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self._live = (_text(epoch), seq_n)
+                self._live_moved_on()
 
     # -- publishing ----------------------------------------------------------------------
 
