@@ -25,6 +25,7 @@ from aiohttp_crossws_sse import Peer, SSEAdapter, SSEError, define_hooks, sse_ad
 from aiohttp_crossws_sse.testing import ServerSentEvent
 from tests.backplanes import (  # noqa: F401
     FAST_OPTIONS,
+    LatencyProxy,
     RedisServer,
     own_redis_server_fixture,
     redis_server_fixture,
@@ -32,7 +33,7 @@ from tests.backplanes import (  # noqa: F401
 from tests.conftest import EventReader, wait_until
 
 redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
-from aiohttp_crossws_sse.sync import RedisSync  # noqa: E402
+from aiohttp_crossws_sse.sync import RedisSync, Relayed, SyncLink  # noqa: E402
 
 
 class Instance:
@@ -327,6 +328,75 @@ async def test_a_replay_behind_the_client_goes_on_once_this_instance_catches_up(
         assert one.peers["resumed"].recovered is True
     finally:
         await raw.aclose()
+    resumed.response.close()
+
+
+class Noise:
+    """``n`` more instances of the cluster, each publishing about every
+    millisecond to a topic of its own (no client follows them)."""
+
+    def __init__(self, url: str, channel: str, n: int) -> None:
+        self.syncs = [RedisSync(url, channel=channel) for _ in range(n)]
+        self.published = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Noise:
+        for i, sync in enumerate(self.syncs):
+            await sync.start(SyncLink(f"noise{i}", lambda m: None, self._failed, history=1000))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._run(sync, i)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        for sync in self.syncs:
+            await sync.close()
+
+    async def flowing(self) -> None:
+        """Returns once the noise has gone on (a bounded wait)."""
+        before = self.published
+        await wait_until(lambda: self.published > before + 100, timeout=30)
+
+    def _failed(self, exc: Exception) -> None:
+        raise AssertionError(f"noise instance failed: {exc}")
+
+    async def _run(self, sync: RedisSync, i: int) -> None:
+        while not self._stop.is_set():
+            sync.publish(Relayed(f"noise{i}", "x" * 32))
+            self.published += 1
+            await asyncio.sleep(0.001)
+
+
+async def test_a_replay_catches_up_under_unrelated_traffic(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """Redis 5 ms away, three other instances publishing about every
+    millisecond to topics the client does not follow: a client resuming
+    while its own topic is quiet catches up (and joins it live), and gets
+    every event once."""
+    channel = f"noise-{uuid.uuid4()}"
+    async with LatencyProxy(redis_server.socket, 0.005) as proxy:
+        one = await Instance(proxy.url, channel, 1000).serve(aiohttp_client)
+        first = await one.stream("first")
+        for i in range(5):
+            one.sse.publish("t", str(i))
+        seen = await first.take(5)
+        first.response.close()
+        await wait_until(lambda: one.peers["first"].ready_state == 3)
+        async with Noise(redis_server.url, channel, 3) as noise:
+            for i in range(5, 10):
+                one.sse.publish("t", str(i))  # missed
+            await noise.flowing()
+            resumed = await one.stream("resumed", seen[-1].id)
+            replayed = await resumed.take(5, timeout=30)
+            await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+            await noise.flowing()  # it caught up while the traffic went on
+            assert one.peers["resumed"].recovered is True
+            one.sse.publish("t", "live")
+            assert (await resumed.next(timeout=30)).data == "live"
+    assert [e.data for e in seen + replayed] == [str(i) for i in range(10)]
+    assert len({e.id for e in seen + replayed}) == 10
     resumed.response.close()
 
 

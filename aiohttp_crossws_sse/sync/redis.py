@@ -35,6 +35,10 @@ class _NoBackoff(AbstractBackoff):
 
 __all__ = ["RedisSync"]
 
+# Topics whose newest delivery is remembered while replays fetch; beyond
+# that many, tracking restarts (a fetch then reads once more).
+_MAX_TRACKED = 4096
+
 # Publishing with history, atomically: take the epoch (a new one if Redis
 # lost it), take n consecutive seqs, add each event to its topic's stream
 # (id 0-<seq>, trimmed to the newest ARGV[2]), and publish the envelope with
@@ -174,6 +178,11 @@ class RedisSync(RelaySync):
         self._streams = f"{channel}:history:"
         self._live: tuple[str | None, int] = (None, 0)
         self._live_moved: asyncio.Event | None = None  # set when _live moves (if awaited)
+        # While fetches are in flight: the newest seq delivered per topic,
+        # for every delivery with a seq above _tracked_from (see _moved_on).
+        self._fetching = 0
+        self._topic_seqs: dict[str, int] = {}
+        self._tracked_from = 0
         self._publish_script: Any = None
         self._fetch_script: Any = None
 
@@ -273,6 +282,8 @@ class RedisSync(RelaySync):
             ):
                 self._malformed(body, None)
             else:
+                if self._fetching:
+                    self._track(epoch, topic, seq)
                 self._live = (epoch, seq)
                 try:
                     message = Relayed(topic, data, event, namespace, format_id(epoch, seq), sender)
@@ -302,6 +313,9 @@ class RedisSync(RelaySync):
                 f"cannot read the history: {self.describe()} is unreachable "
                 f"({why(self._down_cause)})"
             )
+        if not self._fetching:
+            self._restart_tracking(self._live[1])
+        self._fetching += 1
         try:
             async with asyncio.timeout(self.fetch_timeout):
                 return await self._fetch(client, topics, position, namespace, skip_sender)
@@ -310,6 +324,10 @@ class RedisSync(RelaySync):
                 f"reading the history from {self.describe()} took longer than "
                 f"fetch_timeout={self.fetch_timeout} s"
             ) from exc
+        finally:
+            self._fetching -= 1
+            if not self._fetching:
+                self._topic_seqs.clear()
 
     async def _fetch(
         self,
@@ -354,7 +372,37 @@ class RedisSync(RelaySync):
                     frame = encode_published(data, event=event, id=format_id(epoch, seq))
                     runs.append((seq, frame))
         runs.sort(key=lambda item: item[0])
-        return Replay([frame for _, frame in runs], complete, upto, epoch)
+        return Replay(
+            [frame for _, frame in runs], complete, self._moved_on(epoch, upto, topics), epoch
+        )
+
+    def _moved_on(self, epoch: str, upto: int, topics: tuple[str, ...]) -> int:
+        """How far a fetch that read ``topics`` up to ``upto`` reaches now.
+
+        While it waited for Redis, this instance delivered more publishes:
+        when none of them was on ``topics``, the history of these topics is
+        the same up to the live position, so the fetch reaches that far — and
+        the peer can join now (``caught_up``). Comparing with the live
+        position alone, which every publish on any topic moves, a replay
+        under unrelated traffic would never catch up."""
+        live_epoch, live_seq = self._live
+        if live_epoch != epoch or upto < self._tracked_from:
+            return upto  # deliveries since upto are not all tracked
+        seqs = self._topic_seqs
+        if any(seqs.get(topic, 0) > upto for topic in topics):
+            return upto  # a publish on these topics came since: read it
+        return live_seq
+
+    def _track(self, epoch: str, topic: str, seq: int) -> None:
+        """Note a delivery while fetches are in flight (see ``_moved_on``)."""
+        seqs = self._topic_seqs
+        if epoch != self._live[0] or (len(seqs) >= _MAX_TRACKED and topic not in seqs):
+            self._restart_tracking(seq - 1)  # bounded memory: forget, track from here
+        seqs[topic] = seq
+
+    def _restart_tracking(self, after: int) -> None:
+        self._topic_seqs.clear()
+        self._tracked_from = after
 
     async def _until_delivered(self, epoch: str, seq: int) -> None:
         """Wait until this instance has delivered the publish ``(epoch, seq)``."""
@@ -388,6 +436,7 @@ class RedisSync(RelaySync):
             seq_n = int(seq or 0)
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self._live = (_text(epoch), seq_n)
+                self._restart_tracking(seq_n)  # a jump: what lies before was not delivered
                 self._live_moved_on()
 
     # -- publishing ----------------------------------------------------------------------
