@@ -64,11 +64,14 @@ def _read_tail(log: IO[bytes], tail: int = 2000) -> str:
 class RedisServer:
     """``redis-server`` on a unix socket in a temporary directory, no persistence."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, password: str | None = None) -> None:
         self.binary = binary
+        self.password = password  # requirepass; the url then carries it
         self.dir = tempfile.mkdtemp(prefix="crossws-redis-")
         self.socket = os.path.join(self.dir, "redis.sock")
-        self.url = f"unix://{self.socket}"
+        self.url = (
+            f"unix://{self.socket}" if password is None else f"unix://:{password}@{self.socket}"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = open(os.path.join(self.dir, "redis.log"), "w+b")  # noqa: SIM115
 
@@ -83,6 +86,8 @@ class RedisServer:
             "--dir", self.dir,
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while not self.ping():
@@ -95,6 +100,11 @@ class RedisServer:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(1)
                 s.connect(self.socket)
+                if self.password is not None:
+                    secret = self.password.encode()
+                    s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                    if not s.recv(16).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
@@ -126,8 +136,8 @@ def redis_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    server = RedisServer(redis_binary())
+def running_redis(password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary(), password)
     try:
         server.start()
         yield server

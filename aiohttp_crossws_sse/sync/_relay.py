@@ -25,15 +25,15 @@ import contextlib
 import json
 import logging
 import random
-import re
 from abc import abstractmethod
 from collections.abc import Awaitable
 from itertools import chain
 from operator import attrgetter
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from .base import Relayed, Sync, SyncLink
 
-__all__ = ["RelaySync", "redact"]
+__all__ = ["RelaySync", "redact", "scrub", "secrets_of"]
 
 logger = logging.getLogger("aiohttp_crossws_sse.sync")
 
@@ -51,9 +51,164 @@ _MAX_SENDERS = 4096
 _OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
 
 
+_HIDDEN = "***"
+# Names of URL query parameters and key=value DSN keywords whose value is a secret
+_SECRET_KEYS = frozenset({"password", "passwd", "pass", "pwd", "sslpassword"})
+# Scrubbing a library's message: shorter fragments of a password are left
+# (replacing them would garble the message around them)
+_MIN_FRAGMENT = 3
+
+
 def redact(address: str) -> str:
-    """``address`` without the password of a ``scheme://user:password@host`` URL."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", address)
+    """``address`` as a report may show it, without any part of a credential.
+
+    Parsed, not pattern-matched, since a password may hold any character (redis-py
+    takes ``redis://:a@b@host``: the password is ``a@b``). A URL keeps its
+    scheme, user, host, path and query, but not its password nor a password
+    query parameter; one whose password holds a ``/``, ``?`` or ``#`` (where
+    it ends is then ambiguous) shows its scheme only. A key=value DSN
+    (libpq) loses its ``password`` value; one that does not parse shows
+    nothing.
+    """
+    if "://" in address:
+        return _redact_url(address)
+    try:
+        pairs = _conninfo(address)
+    except ValueError:
+        return _HIDDEN
+    return " ".join(f"{k}={_HIDDEN if k.lower() in _SECRET_KEYS else v}" for k, v, _ in pairs)
+
+
+def _split_url(url: str) -> SplitResult | None:
+    """``url``'s parts, or ``None`` when it does not parse or its password
+    holds a ``/``, ``?`` or ``#`` (redis-py and asyncpg would cut it there)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.netloc and "@" in parts.path + parts.query + parts.fragment:
+        return None  # an '@' past the authority: a password cut short
+    return parts
+
+
+def _redact_url(url: str) -> str:
+    parts = _split_url(url)
+    if parts is None:
+        return f"{url.partition('://')[0]}://{_HIDDEN}"
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = hostinfo
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{_HIDDEN}@{hostinfo}" if colon else f"{user}@{hostinfo}"
+    query = "&".join(map(_redact_parameter, parts.query.split("&")))
+    return f"{url.partition('://')[0]}://{netloc}{parts.path}{'?' if query else ''}{query}"
+
+
+def _redact_parameter(pair: str) -> str:
+    key, eq, _ = pair.partition("=")
+    return f"{key}={_HIDDEN}" if eq and unquote_plus(key).lower() in _SECRET_KEYS else pair
+
+
+def _conninfo(text: str) -> list[tuple[str, str, str]]:
+    """The ``(keyword, value as written, value)`` of a libpq key=value
+    connection string; ``ValueError`` when it is not one."""
+    pairs: list[tuple[str, str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return pairs
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i == n or text[i] != "=":
+            raise ValueError("not a key=value connection string")
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        start = i
+        value, i = _conninfo_value(text, i)
+        pairs.append((key, text[start:i], value))
+
+
+def _conninfo_value(text: str, i: int) -> tuple[str, int]:
+    """A value from ``text[i]`` on: quoted ('...', backslash escapes) or up
+    to whitespace; returns it unescaped and the index past it."""
+    quoted = i < len(text) and text[i] == "'"
+    i += quoted
+    out: list[str] = []
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if (c == "'" and quoted) or (c.isspace() and not quoted):
+            return "".join(out), i + quoted
+        out.append(c)
+        i += 1
+    if quoted:
+        raise ValueError("unterminated quoted value")
+    return "".join(out), i
+
+
+def secrets_of(address: str) -> tuple[str, ...]:
+    """What must not appear in a report about ``address``: its password(s) as
+    written and decoded and, for a URL whose password is cut short by a
+    ``/`` (see ``redact``), the pieces a parser may quote. Longest first."""
+    found: set[str] = set()
+    if "://" in address:
+        _url_secrets(address, found)
+    else:
+        with contextlib.suppress(ValueError):
+            found.update(v for k, _, v in _conninfo(address) if k.lower() in _SECRET_KEYS)
+    found = {piece for secret in found for piece in (secret, unquote_plus(secret))}
+    found.discard("")
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _url_secrets(url: str, found: set[str]) -> None:
+    parts = _split_url(url)
+    if parts is None:
+        # Cut short: the password is somewhere before the last '@'; a
+        # parser may quote any piece of it (as a port, a host, a path).
+        userinfo = url.partition("://")[2].rpartition("@")[0]
+        found.add(userinfo.partition(":")[2])
+        for sep in "?#@:":
+            userinfo = userinfo.replace(sep, "/")
+        found.update(piece for piece in userinfo.split("/") if len(piece) >= _MIN_FRAGMENT)
+        return
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        found.add(userinfo.partition(":")[2])
+    for pair in parts.query.split("&"):
+        key, eq, value = pair.partition("=")
+        if eq and unquote_plus(key).lower() in _SECRET_KEYS:
+            found.add(value)
+
+
+def _quotes(exc: BaseException, secrets: tuple[str, ...]) -> bool:
+    """Whether ``exc`` or an exception in its chain quotes one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while secrets and current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{current} {current.args!r}"
+        if any(secret in text for secret in secrets):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` (a library's message) with every secret replaced."""
+    for secret in secrets:
+        text = text.replace(secret, _HIDDEN)
+    return text
 
 
 def why(exc: BaseException | None) -> str:
@@ -108,13 +263,12 @@ class _LossReport:
         n, self.unreported = self.unreported, 0
         self._last = asyncio.get_running_loop().time()
         cause = self.cause
-        reason = f": {why(cause)}" if cause is not None else ""
+        reason = f": {self._owner.reason(cause)}" if cause is not None else ""
         err = ConnectionError(
             f"{n} publish{'es' if n != 1 else ''} not relayed to the other instances "
             f"through {self._owner.describe()}{reason}"
         )
-        err.__cause__ = cause
-        self._owner.report(err)
+        self._owner.report(self._owner.caused(err, cause))
 
     def cancel(self) -> int:
         """Stop the timer; returns the publishes still unreported."""
@@ -175,6 +329,7 @@ class RelaySync(Sync):
         if max_pending <= 0:
             raise ValueError(f"option 'max_pending' must be > 0, got {max_pending!r}")
         self.max_pending = max_pending
+        self._secrets: tuple[str, ...] = ()  # of the address: never in a report (secrets_of)
         self._link: SyncLink | None = None
         self._own = ""  # the envelope prefix of this instance
         self._seq = 0
@@ -202,14 +357,18 @@ class RelaySync(Sync):
         self._own = f"{VERSION}{link.instance_id} "
         self._losses = _LossReport(self)
         self._closing = False
+        failure: Exception | None = None
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._connect()
                 await self._subscribe()
         except Exception as exc:
+            failure = exc
+        if failure is not None:  # raised outside the handler: no implicit __context__
             await self._quiet(self._unsubscribe())
             await self._quiet(self._disconnect())
-            raise ConnectionError(f"cannot connect to {self.describe()}: {why(exc)}") from exc
+            err = ConnectionError(f"cannot connect to {self.describe()}: {self.reason(failure)}")
+            raise self.caused(err, failure)
         self._link = link
         self._up = True
         self._wake = asyncio.Event()
@@ -281,6 +440,19 @@ class RelaySync(Sync):
     def describe(self) -> str:
         """What the backplane talks to, for messages (no password)."""
         return f"{self.kind} channel {self.channel!r}"
+
+    def reason(self, exc: BaseException | None) -> str:
+        """``exc`` as the reason in a report, without the address's secrets
+        (a client library's message about a malformed address may quote them)."""
+        return scrub(why(exc), self._secrets)
+
+    def caused(self, err: Exception, cause: BaseException | None) -> Exception:
+        """``err`` with ``cause`` as its ``__cause__`` — unless what ``cause``
+        (or its own causes) says quotes a secret: then ``err`` stands alone."""
+        if cause is not None and _quotes(cause, self._secrets):
+            cause = None
+        err.__cause__ = cause
+        return err
 
     def pack(self, batch: list[Relayed], data_bytes: int | None = None) -> list[str]:
         """The envelopes carrying ``batch``, in order, each body at most
@@ -454,12 +626,11 @@ class RelaySync(Sync):
         if self._losses is not None:
             self._losses.since_up = 0
         err = ConnectionError(
-            f"lost the connection to {self.describe()}: {why(cause)}; "
+            f"lost the connection to {self.describe()}: {self.reason(cause)}; "
             "local peers are still served, publishes are not relayed until it is back "
             "(reconnecting)"
         )
-        err.__cause__ = cause
-        self.report(err)
+        self.report(self.caused(err, cause))
         await self._quiet(self._unsubscribe())
 
     async def _reconnect(self) -> None:
@@ -485,10 +656,9 @@ class RelaySync(Sync):
                     plural = "s" if attempts != 1 else ""
                     err = ConnectionError(
                         f"still cannot reach {self.describe()} after {attempts} attempt{plural} "
-                        f"({now - self._down_since:.1f} s down): {why(exc)}"
+                        f"({now - self._down_since:.1f} s down): {self.reason(exc)}"
                     )
-                    err.__cause__ = exc
-                    self.report(err)
+                    self.report(self.caused(err, exc))
         self._up = True
         self._down_cause = None
         self._last_retry_report = -1e18

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from ._relay import RelaySync, logger, redact, utf8_len
+from ._relay import RelaySync, logger, redact, secrets_of, utf8_len
 from .base import Relayed
 
 __all__ = ["PostgresSync"]
@@ -100,6 +100,7 @@ class PostgresSync(RelaySync):
         if not retention > 0:
             raise ValueError(f"option 'retention' must be > 0, got {retention!r}")
         self.dsn = dsn
+        self._secrets = secrets_of(dsn)
         self.table = table
         self.retention = float(retention)
         self._publisher: asyncpg.Connection[asyncpg.Record] | None = None
@@ -294,10 +295,9 @@ class PostgresSync(RelaySync):
         except Exception as exc:
             err = ConnectionError(
                 f"could not read a stored payload (row {row} of {self.table}) "
-                f"from {self.describe()}: {exc}"
+                f"from {self.describe()}: {self.reason(exc)}"
             )
-            err.__cause__ = exc
-            self.report(err)
+            self.report(self.caused(err, exc))
             return None
 
 

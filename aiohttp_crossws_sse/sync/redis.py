@@ -19,7 +19,7 @@ from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
-from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive, redact, why
+from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive, redact, secrets_of
 from .base import Relayed, SyncLink
 
 
@@ -159,9 +159,12 @@ class RedisSync(RelaySync):
                 raise ValueError("RedisSync needs a Redis URL or client")
             self._url: str | None = url_or_client
             self._given: Redis | None = None
+            self._secrets = secrets_of(url_or_client)
         elif isinstance(url_or_client, Redis):
             self._url = None
             self._given = url_or_client
+            password = url_or_client.connection_pool.connection_kwargs.get("password")
+            self._secrets = (password,) if isinstance(password, str) and password else ()
         else:
             raise TypeError(
                 "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
@@ -311,7 +314,7 @@ class RedisSync(RelaySync):
         if not self._up:
             raise ConnectionError(
                 f"cannot read the history: {self.describe()} is unreachable "
-                f"({why(self._down_cause)})"
+                f"({self.reason(self._down_cause)})"
             )
         if not self._fetching:
             self._restart_tracking(self._live[1])
