@@ -25,6 +25,7 @@ from aiohttp_crossws_sse.client import connect
 from aiohttp_crossws_sse.sync import Relayed, SyncLink
 from tests.backplanes import (  # noqa: F401
     FAST_OPTIONS,
+    LatencyProxy,
     Node,
     RedisServer,
     check_adapter_publish,
@@ -294,6 +295,57 @@ async def test_a_malformed_address_is_not_quoted_in_the_startup_error() -> None:
         await sync.start(Collected().link())
     text = "".join(traceback.format_exception(caught.value))
     assert not any(secret in text for secret in SECRETS), text
+
+
+async def test_an_outage_is_logged_one_line_per_state_change(
+    own_redis_server: RedisServer, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One instance loses Redis (a partition) while the other goes on
+    publishing: its log says "lost" once and "reconnected" once, with what was
+    not relayed and what it missed; tracebacks only at DEBUG."""
+    caplog.set_level(logging.DEBUG, "aiohttp_crossws_sse")
+    channel = "quiet-log"
+    async with LatencyProxy(own_redis_server.socket, 0.0) as proxy:
+        near, far = (
+            RedisSync(proxy.url, channel=channel),
+            RedisSync(own_redis_server.url, channel=channel),
+        )
+        apps = []
+        for sync in (near, far):
+            sse = sse_adapter(
+                define_hooks(open=lambda peer: peer.subscribe("t")), history=100, sync=sync
+            )
+            app = web.Application()
+            sse.setup(app, "/sse")
+            apps.append((sse, await aiohttp_client(app)))
+        (a, a_client), (b, _) = apps
+        reader = EventReader(await a_client.get("/sse"))
+        await until(lambda: _true(bool(a.peers)), timeout=10, interval=0.02)
+        b.publish("t", "before")
+        assert (await reader.next()).data == "before"
+        caplog.clear()
+        proxy.cut()
+        await until(lambda: _true(not near._up), timeout=10, interval=0.02)
+        for i in range(3):
+            a.publish("t", f"local {i}")  # not relayed: local peers only
+            b.publish("t", f"missed {i}")  # in Redis, not here
+            await asyncio.sleep(0.01)
+        proxy.restore()
+        await until(lambda: _true(near._up), timeout=30, interval=0.02)
+        b.publish("t", "after")
+        got = [(await reader.next()).data for _ in range(4)]
+        assert got == ["local 0", "local 1", "local 2", "after"]
+        reader.response.close()
+        records = list(caplog.records)  # before the proxy closes (a new outage)
+    above_debug = [r for r in records if r.levelno > logging.DEBUG]
+    text = [caplog.handler.format(r) for r in above_debug]
+    assert len(above_debug) == 2, text
+    assert "lost the connection" in text[0] and above_debug[0].levelno == logging.ERROR
+    assert "reconnected" in text[1]
+    assert "local publishes not relayed meanwhile: 3" in text[1], text[1]
+    assert "publishes of the cluster missed meanwhile: 3" in text[1], text[1]
+    assert not any("Traceback" in t or r.exc_info for t, r in zip(text, above_debug, strict=True))
+    assert any(r.exc_info for r in records if r.levelno == logging.DEBUG)
 
 
 async def _true(value: bool) -> bool:

@@ -181,6 +181,7 @@ class RedisSync(RelaySync):
         self._streams = f"{channel}:history:"
         self._live: tuple[str | None, int] = (None, 0)
         self._live_moved: asyncio.Event | None = None  # set when _live moves (if awaited)
+        self._outage_missed: int | None = None  # publishes missed, read on resubscribing
         # While fetches are in flight: the newest seq delivered per topic,
         # for every delivery with a seq above _tracked_from (see _moved_on).
         self._fetching = 0
@@ -434,13 +435,24 @@ class RedisSync(RelaySync):
         if client is None:
             return
         epoch, seq = await client.mget(list(self._keys[:2]))
+        self._outage_missed = None
         if epoch is not None:
             live_epoch, live_seq = self._live
             seq_n = int(seq or 0)
+            if _text(epoch) == live_epoch:
+                self._outage_missed = max(0, seq_n - live_seq)
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self._live = (_text(epoch), seq_n)
                 self._restart_tracking(seq_n)  # a jump: what lies before was not delivered
                 self._live_moved_on()
+
+    def _missed_meanwhile(self) -> int | None:
+        # With history, the cluster's seq says exactly what was missed: the
+        # gaps in the other instances' envelopes would say it again.
+        missed, self._outage_missed = self._outage_missed, None
+        if missed is not None:
+            self._seqs.clear()
+        return missed
 
     # -- publishing ----------------------------------------------------------------------
 
