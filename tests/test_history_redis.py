@@ -400,6 +400,29 @@ async def test_a_replay_catches_up_under_unrelated_traffic(
     resumed.response.close()
 
 
+async def test_many_replays_at_once_share_their_frames(redis_server: RedisServer) -> None:
+    """150 clients resuming at once — more than redis-py's default pool of 100
+    connections: every fetch succeeds, and the replays share one encoded
+    frame per event instead of a copy each."""
+    delivered: list[Relayed] = []
+    reported: list[Exception] = []
+    sync = RedisSync(redis_server.url, channel=f"herd-{uuid.uuid4()}")
+    await sync.start(SyncLink("one", delivered.append, reported.append, history=100))
+    try:
+        for i in range(100):
+            sync.publish(Relayed("t", f"event {i}"))
+        await wait_until(lambda: len(delivered) == 100, timeout=10)
+        epoch = delivered[0].id.split("-")[0] if delivered[0].id else ""
+        replays = await asyncio.gather(
+            *(sync.fetch(("t",), (epoch, 1), None, None) for _ in range(150))
+        )
+        assert all(len(replay.frames) == 99 for replay in replays)
+        assert len({id(frame) for replay in replays for frame in replay.frames}) == 99
+        assert reported == []
+    finally:
+        await sync.close()
+
+
 def _blocks(raw: bytes | bytearray) -> dict[str, bytes]:
     """The raw SSE blocks of a stream, by the first character of their data."""
     out: dict[str, bytes] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
@@ -38,6 +39,47 @@ __all__ = ["RedisSync"]
 # Topics whose newest delivery is remembered while replays fetch; beyond
 # that many, tracking restarts (a fetch then reads once more).
 _MAX_TRACKED = 4096
+# Replay fetches in flight at once (more wait their turn, within fetch_timeout).
+_MAX_FETCHES = 16
+# Bytes of encoded frames kept for replays to share (see _FrameCache).
+_FRAME_CACHE_BYTES = 16 << 20
+
+
+class _FrameCache:
+    """Encoded frames of the events replays read, by seq, least recently
+    used first out beyond ``_FRAME_CACHE_BYTES``: clients resuming at once
+    share one frame per event (as the in-process history does) instead of
+    each holding a copy of the history, and the records are decoded once."""
+
+    def __init__(self) -> None:
+        self._epoch: str | None = None
+        self._entries: OrderedDict[int, tuple[bytes, str | None, str | None]] = OrderedDict()
+        self._bytes = 0
+
+    def get(
+        self, epoch: str, seq: int, record: bytes | str
+    ) -> tuple[bytes, str | None, str | None]:
+        """``(frame, namespace, sender)`` of event ``seq`` stored as ``record``."""
+        if epoch != self._epoch:  # seqs start over in a new epoch
+            self.clear()
+            self._epoch = epoch
+        entries = self._entries
+        entry = entries.get(seq)
+        if entry is not None:
+            entries.move_to_end(seq)
+            return entry
+        ns, event, data, sender = json.loads(record)
+        entry = (encode_published(data, event=event, id=format_id(epoch, seq)), ns, sender)
+        entries[seq] = entry
+        self._bytes += len(entry[0])
+        while self._bytes > _FRAME_CACHE_BYTES:
+            self._bytes -= len(entries.popitem(last=False)[1][0])
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
 
 # Publishing with history, atomically: take the epoch (a new one if Redis
 # lost it), take n consecutive seqs, add each event to its topic's stream
@@ -182,6 +224,8 @@ class RedisSync(RelaySync):
         self._live: tuple[str | None, int] = (None, 0)
         self._live_moved: asyncio.Event | None = None  # set when _live moves (if awaited)
         self._outage_missed: int | None = None  # publishes missed, read on resubscribing
+        self._slots: asyncio.Semaphore | None = None  # see _fetch_slots
+        self._frames = _FrameCache()
         # While fetches are in flight: the newest seq delivered per topic,
         # for every delivery with a seq above _tracked_from (see _moved_on).
         self._fetching = 0
@@ -321,7 +365,7 @@ class RedisSync(RelaySync):
             self._restart_tracking(self._live[1])
         self._fetching += 1
         try:
-            async with asyncio.timeout(self.fetch_timeout):
+            async with asyncio.timeout(self.fetch_timeout), self._fetch_slots(client):
                 return await self._fetch(client, topics, position, namespace, skip_sender)
         except TimeoutError as exc:
             raise ConnectionError(
@@ -371,14 +415,23 @@ class RedisSync(RelaySync):
                 complete = False
             for entry_id, fields in result[i + 1]:
                 seq = int(_text(entry_id).split("-")[1])
-                ns, event, data, sender = json.loads(fields[1])
+                frame, ns, sender = self._frames.get(epoch, seq, fields[1])
                 if (ns is None or ns == namespace) and (sender is None or sender != skip_sender):
-                    frame = encode_published(data, event=event, id=format_id(epoch, seq))
                     runs.append((seq, frame))
         runs.sort(key=lambda item: item[0])
         return Replay(
             [frame for _, frame in runs], complete, self._moved_on(epoch, upto, topics), epoch
         )
+
+    def _fetch_slots(self, client: Redis) -> asyncio.Semaphore:
+        """Bounds the fetches in flight: many clients resuming at once queue
+        here instead of exhausting the client's pool (redis-py's default of
+        100 connections then fails the rest with MaxConnectionsError)."""
+        if self._slots is None:
+            pool_size = getattr(client.connection_pool, "max_connections", None) or _MAX_FETCHES
+            # the pool also holds the subscription and the publishing connection
+            self._slots = asyncio.Semaphore(max(1, min(_MAX_FETCHES, pool_size - 2)))
+        return self._slots
 
     def _moved_on(self, epoch: str, upto: int, topics: tuple[str, ...]) -> int:
         """How far a fetch that read ``topics`` up to ``upto`` reaches now.
@@ -469,6 +522,8 @@ class RedisSync(RelaySync):
         )
 
     async def _disconnect(self) -> None:
+        self._frames.clear()
+        self._slots = None
         client, self._client = self._client, None
         if client is not None and client is not self._given:
             await client.aclose()
