@@ -348,6 +348,29 @@ async def test_an_outage_is_logged_one_line_per_state_change(
     assert any(r.exc_info for r in records if r.levelno == logging.DEBUG)
 
 
+async def test_a_publish_in_flight_when_redis_dies_is_counted_in_the_outage(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch fails before the listener notices the outage: it is counted
+    in the outage's lines, not reported on a line of its own."""
+    caplog.set_level(logging.INFO, "aiohttp_crossws_sse")
+    got = Collected()
+    sync = RedisSync(own_redis_server.url, channel="in-flight")
+    await sync.start(got.link())
+    try:
+        sync.publish(Relayed("t", "in flight"))
+        own_redis_server.kill()  # before the writer runs
+        await until(lambda: _true(not sync._up), timeout=10, interval=0.02)
+        own_redis_server.start()
+        await until(lambda: _true(sync._up), timeout=30, interval=0.02)
+    finally:
+        await sync.close()
+    reports = [str(e) for e in got.reported]
+    assert len(reports) == 2, reports
+    assert reports[0].startswith("lost the connection")
+    assert "local publishes not relayed meanwhile: 1" in reports[1], reports
+
+
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value

@@ -47,6 +47,7 @@ _OVERHEAD = 16
 _GUESS = 64
 _FIELDS = attrgetter("topic", "namespace", "event", "data")
 _FIRST_RECONNECT_DELAY = 0.05
+_LOSS_GRACE = 0.1  # seconds before the first report of publishes not relayed
 _MAX_SENDERS = 4096
 _OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
 
@@ -236,7 +237,9 @@ def plural(n: int, word: str, suffix: str = "s") -> str:
 
 class _Throttled:
     """A count of one kind of trouble, reported at most once per
-    ``report_interval`` (the first at once, the rest summed)."""
+    ``report_interval`` (the first after ``grace`` seconds, the rest summed)."""
+
+    grace = 0.0
 
     def __init__(self, owner: RelaySync) -> None:
         self._owner = owner
@@ -249,7 +252,7 @@ class _Throttled:
         if self._timer is not None:
             return
         loop = asyncio.get_running_loop()
-        due = self._last + self._owner.report_interval
+        due = max(self._last + self._owner.report_interval, loop.time() + self.grace)
         if loop.time() >= due:
             self.flush()
         else:
@@ -280,6 +283,10 @@ class _LossReport(_Throttled):
     or timed out, ``max_pending``); those of an outage are counted in the
     outage's own reports."""
 
+    # A batch that fails as the connection drops usually fails before the
+    # listener notices: a moment's wait lets the outage count it instead
+    # (went_down takes what is unreported), so one outage stays one line.
+    grace = _LOSS_GRACE
     cause: BaseException | None = None
 
     def lost(self, count: int, cause: BaseException | None) -> None:
