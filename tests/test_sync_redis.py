@@ -252,7 +252,7 @@ SECRETS = ("hunter2", "topsecret")
 def test_addresses_are_shown_without_any_part_of_a_credential(
     address: str, shown: str | None
 ) -> None:
-    from aiohttp_crossws_sse.sync._relay import redact
+    from aiohttp_crossws_sse.sync._redact import redact
 
     text = redact(address)
     assert not any(secret in text for secret in SECRETS), text

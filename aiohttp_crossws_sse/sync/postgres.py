@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from ._relay import RelaySync, logger, redact, secrets_of, utf8_len
+from ._redact import redact, secrets_of
+from ._relay import RelaySync, logger, utf8_len
 from .base import Relayed
 
 __all__ = ["PostgresSync"]

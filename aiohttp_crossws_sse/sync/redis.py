@@ -20,7 +20,8 @@ from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
-from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive, redact, secrets_of
+from ._redact import redact, secrets_of
+from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive
 from .base import Relayed, SyncLink
 
 
