@@ -212,6 +212,9 @@ class Connection:
     async def _replay_failed(self, exc: Exception) -> None:
         # One line per peer, rate-limited (a thousand clients reconnecting
         # during an outage); the traceback only at DEBUG.
+        hooks_logger.debug("replay for peer %s failed", self.peer.id, exc_info=exc)
+        if self.state != ReadyState.OPEN:
+            return  # the client left meanwhile: no stream goes on without it
         reason = str(exc) or type(exc).__name__
         operator_log.log(
             "replay failed",
@@ -220,7 +223,6 @@ class Connection:
             self.peer.id,
             reason,
         )
-        hooks_logger.debug("replay for peer %s failed", self.peer.id, exc_info=exc)
         await run_error_hooks(self.hooks, self.peer, sse_error("replay failed", exc))
 
     def _end_replay(self, complete: bool) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import random
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from itertools import chain
 from operator import attrgetter
@@ -75,7 +75,7 @@ def plural(n: int, word: str, suffix: str = "s") -> str:
     return f"{n} {word}{suffix if n != 1 else ''}"
 
 
-class _Throttled:
+class _Throttled(ABC):
     """A count of one kind of trouble, reported at most once per
     ``report_interval`` (the first after ``grace`` seconds, the rest summed)."""
 
@@ -114,8 +114,9 @@ class _Throttled:
         n, self.unreported = self.unreported, 0
         return n
 
+    @abstractmethod
     def error(self, n: int) -> Exception:
-        raise NotImplementedError
+        """The report of ``n`` of them."""
 
 
 class _LossReport(_Throttled):
