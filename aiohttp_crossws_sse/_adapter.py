@@ -280,7 +280,11 @@ class SSEAdapter:
         """A backplane failure: logged, and the error hooks run (``peer``: the
         publisher, or ``None``); never raised into the caller."""
         err = sse_error(what, exc)
-        logger.error("%s", err, exc_info=exc)
+        # One line per report: a backplane reports its state changes (lost,
+        # still down, back with what was lost), and a client library's
+        # traceback (redis-py's run to 50 lines) would bury them.
+        logger.error("%s", err)
+        logger.debug("%s", err, exc_info=exc)
         conn = self._registry.connections.get(peer.id) if peer is not None else None
         hooks = conn.hooks if conn is not None else self._hooks
         if any(h.error is not None for h in hooks):

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ._frame import encode_retry, encode_text
-from ._history import parse_id
-from ._hooks import Hooks, run_hooks
+from ._history import ReplaySource, parse_id
+from ._hooks import Hooks, run_error_hooks, run_hooks, sse_error
+from ._hooks import logger as hooks_logger
 from ._logs import operator_log
 from ._outbox import REASON_LOST, REASON_STALLED, Outbox
 from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer, gave_event_id
@@ -173,30 +174,57 @@ class Connection:
         Publishes made while the replay is written reach this peer through
         the history: the replay goes on until it has caught up, and the
         topics are joined in the same step. ``recovered`` is then ``True``
-        when nothing the client missed had been evicted."""
+        when nothing the client missed had been evicted.
+
+        A history that cannot be read (Redis down or hung) must not cost the
+        client its stream — a browser would reconnect into the same failure
+        forever: the stream goes on without the replay (``recovered``
+        ``False``, live events flow), and the error hooks hear of it."""
         source = self.registry.replay_source
         complete = False
+        failure: Exception | None = None
         try:
-            if source is None or self.state != ReadyState.OPEN:
-                return
-            position = parse_id(self.peer.last_event_id)
-            complete = True
-            namespace = self.namespace.name if self.namespace is not None else None
-            while self.state == ReadyState.OPEN:
-                missed = await source.fetch(self.topic_list(), position, namespace, self.peer.id)
-                complete = complete and missed.complete
-                if missed.epoch is not None:
-                    position = (missed.epoch, missed.upto)
-                if missed.frames:
-                    if not await self.outbox.write_with_backpressure(missed.frames):
-                        complete = False
-                        break
-                elif self.state == ReadyState.OPEN and source.caught_up(missed):
-                    break  # caught up: join now, in this very step
-            else:
-                complete = False
+            if source is not None and self.state == ReadyState.OPEN:
+                complete = await self._write_missed(source)
+        except Exception as exc:
+            failure = exc
         finally:
             self._end_replay(complete)
+        if failure is not None:
+            await self._replay_failed(failure)
+
+    async def _write_missed(self, source: ReplaySource) -> bool:
+        """The replay proper; returns whether it was complete (see ``replay``)."""
+        position = parse_id(self.peer.last_event_id)
+        complete = True
+        namespace = self.namespace.name if self.namespace is not None else None
+        while self.state == ReadyState.OPEN:
+            missed = await source.fetch(self.topic_list(), position, namespace, self.peer.id)
+            complete = complete and missed.complete
+            if missed.epoch is not None:
+                position = (missed.epoch, missed.upto)
+            if missed.frames:
+                if not await self.outbox.write_with_backpressure(missed.frames):
+                    return False
+            elif self.state == ReadyState.OPEN and source.caught_up(missed):
+                return complete  # caught up: join now, in this very step
+        return False
+
+    async def _replay_failed(self, exc: Exception) -> None:
+        # One line per peer, rate-limited (a thousand clients reconnecting
+        # during an outage); the traceback only at DEBUG.
+        hooks_logger.debug("replay for peer %s failed", self.peer.id, exc_info=exc)
+        if self.state != ReadyState.OPEN:
+            return  # the client left meanwhile: no stream goes on without it
+        reason = str(exc) or type(exc).__name__
+        operator_log.log(
+            "replay failed",
+            logging.WARNING,
+            "replay for peer %s failed, its stream goes on without it (recovered False): %s",
+            self.peer.id,
+            reason,
+        )
+        await run_error_hooks(self.hooks, self.peer, sse_error("replay failed", exc))
 
     def _end_replay(self, complete: bool) -> None:
         state = self.replay_state

@@ -64,11 +64,14 @@ def _read_tail(log: IO[bytes], tail: int = 2000) -> str:
 class RedisServer:
     """``redis-server`` on a unix socket in a temporary directory, no persistence."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, password: str | None = None) -> None:
         self.binary = binary
+        self.password = password  # requirepass; the url then carries it
         self.dir = tempfile.mkdtemp(prefix="crossws-redis-")
         self.socket = os.path.join(self.dir, "redis.sock")
-        self.url = f"unix://{self.socket}"
+        self.url = (
+            f"unix://{self.socket}" if password is None else f"unix://:{password}@{self.socket}"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = open(os.path.join(self.dir, "redis.log"), "w+b")  # noqa: SIM115
 
@@ -83,6 +86,8 @@ class RedisServer:
             "--dir", self.dir,
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while not self.ping():
@@ -95,6 +100,11 @@ class RedisServer:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(1)
                 s.connect(self.socket)
+                if self.password is not None:
+                    secret = self.password.encode()
+                    s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                    if not s.recv(16).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
@@ -126,8 +136,8 @@ def redis_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    server = RedisServer(redis_binary())
+def running_redis(password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary(), password)
     try:
         server.start()
         yield server
@@ -146,6 +156,96 @@ def own_redis_server_fixture() -> Iterator[RedisServer]:
     """A Redis of this test alone (for tests that kill it)."""
     with running_redis() as server:
         yield server
+
+
+class LatencyProxy:
+    """A TCP proxy on 127.0.0.1 in front of a unix socket (a Redis "``delay``
+    seconds away"): every chunk is forwarded ``delay`` seconds after it was
+    read, in order, each way. ``cut()`` drops every connection and refuses
+    new ones (a network partition) until ``restore()``. Use ``async with``:
+    no task outlives it."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.url = ""
+        self.connections = 0  # accepted so far
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._cut = False
+
+    async def __aenter__(self) -> LatencyProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self._cut = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self._cut = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        self._spawn(self._pipe(reader, up_writer))
+        self._spawn(self._pipe(up_reader, writer))
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._spawn(self._deliver(queue, dst))
+        try:
+            while data := await src.read(65536):
+                queue.put_nowait((loop.time() + self.delay, data))
+        except OSError:
+            pass
+        queue.put_nowait((loop.time() + self.delay, b""))  # then close both ends
+
+    async def _deliver(
+        self, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.transport.abort()
+            self._writers.discard(dst)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------

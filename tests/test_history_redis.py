@@ -21,23 +21,25 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aiohttp_crossws_sse import Peer, SSEAdapter, define_hooks, sse_adapter
+from aiohttp_crossws_sse import Peer, SSEAdapter, SSEError, define_hooks, sse_adapter
 from aiohttp_crossws_sse.testing import ServerSentEvent
 from tests.backplanes import (  # noqa: F401
     FAST_OPTIONS,
+    LatencyProxy,
     RedisServer,
     own_redis_server_fixture,
     redis_server_fixture,
 )
 from tests.conftest import EventReader, wait_until
 
-pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
-from aiohttp_crossws_sse.sync import RedisSync
+redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
+from aiohttp_crossws_sse.sync import RedisSync, Relayed, SyncLink  # noqa: E402
 
 
 class Instance:
-    def __init__(self, url: str, channel: str, history: int) -> None:
+    def __init__(self, url: str, channel: str, history: int, **options: Any) -> None:
         self.peers: dict[str, Peer] = {}
+        self.errors: list[tuple[Peer | None, SSEError]] = []
 
         def open_(peer: Peer) -> None:
             self.peers[peer.request.query.get("name", "")] = peer
@@ -46,10 +48,12 @@ class Instance:
             if "publish" in peer.request.query:
                 peer.publish("t", peer.request.query["publish"])
 
+        def error(peer: Peer | None, err: SSEError) -> None:
+            self.errors.append((peer, err))
+
+        self.sync = RedisSync(url, channel=channel, **{**FAST_OPTIONS, **options})
         self.sse: SSEAdapter = sse_adapter(
-            define_hooks(open=open_),
-            history=history,
-            sync=RedisSync(url, channel=channel, **FAST_OPTIONS),
+            define_hooks(open=open_, error=error), history=history, sync=self.sync
         )
         self.app = web.Application()
         self.sse.setup(self.app, "/sse")
@@ -193,6 +197,240 @@ async def test_redis_restarted_without_persistence_is_not_recovered(
     assert event.data == "after" and event.id.split("-")[0] != last.split("-")[0]
     watcher.response.close()
     second.response.close()
+
+
+async def test_publishes_beyond_max_pending_still_reach_local_subscribers(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """``max_pending`` limits relaying, never local delivery: a publish refused
+    for relaying reaches this instance's subscribers without an id, as during
+    an outage (and is reported)."""
+    channel = f"pending-{uuid.uuid4()}"
+    one = await Instance(redis_server.url, channel, 100, max_pending=1000).serve(aiohttp_client)
+    reader = await one.stream("x")
+    for digit in "012":  # one loop iteration: the third finds 1200 bytes pending
+        one.sse.publish("t", digit * 600)
+    got = {e.data[0]: e for e in await reader.take(3)}
+    assert sorted(got) == ["0", "1", "2"]
+    blocks = _blocks(reader.raw)
+    assert b"id:" in blocks["0"] and b"id:" in blocks["1"]
+    assert b"id:" not in blocks["2"]  # not replayable: it never reached Redis
+    await wait_until(lambda: any("not relayed" in str(e) for _, e in one.errors))
+    reader.response.close()
+
+
+async def _resume_while_unreachable(one: Instance, last: str) -> EventReader:
+    """Resume on ``one`` while its Redis is unreachable: the stream must be
+    served fresh — recovered False, the error hook told with the peer — and
+    go on live."""
+    resumed = await one.stream("resumed", last)
+    await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+    assert one.peers["resumed"].recovered is False
+    (peer, err), *_ = [(p, e) for p, e in one.errors if p is not None]
+    assert peer is one.peers["resumed"] and isinstance(err, SSEError)
+    assert "replay failed" in str(err)
+    one.peers["resumed"].send("direct")
+    assert (await resumed.next()).data == "direct"
+    return resumed
+
+
+async def test_a_replay_while_redis_is_down_serves_the_stream_fresh(
+    own_redis_server: RedisServer, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = await Instance(own_redis_server.url, f"down-{uuid.uuid4()}", 100).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "before")
+    last = (await first.next()).id
+    first.response.close()
+    own_redis_server.kill()
+    await wait_until(lambda: not one.sync._up, timeout=10)
+    resumed = await _resume_while_unreachable(one, last)
+    one.sse.publish("t", "live")  # local peers are served during an outage, without ids
+    assert (await resumed.next()).data == "live"
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp.")]  # no handler error
+    resumed.response.close()
+
+
+async def test_a_replay_while_redis_hangs_gives_up_after_fetch_timeout(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """SIGSTOP, unnoticed by the heartbeat yet: the fetch has its own bound."""
+    one = await Instance(
+        own_redis_server.url, f"hung-{uuid.uuid4()}", 100, heartbeat=60.0, fetch_timeout=0.5
+    ).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "before")
+    last = (await first.next()).id
+    first.response.close()
+    assert own_redis_server.proc is not None
+    own_redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        resumed = await _resume_while_unreachable(one, last)
+        assert one.sync._up  # not noticed: the fetch's own timeout ended the wait
+        assert "fetch_timeout" in str(one.errors[-1][1])
+    finally:
+        own_redis_server.proc.send_signal(signal.SIGCONT)
+    resumed.response.close()
+
+
+async def test_a_replay_waits_for_this_instance_without_polling_redis(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """A client resumes with an id this instance never delivered (a pub/sub
+    message it missed): the replay waits for the live position without
+    asking Redis again, and gives up after ``fetch_timeout`` (recovered False)."""
+    channel = f"stale-{uuid.uuid4()}"
+    one = await Instance(own_redis_server.url, channel, 100, fetch_timeout=1.0).serve(
+        aiohttp_client
+    )
+    first = await one.stream("first")
+    one.sse.publish("t", "seen")
+    epoch = (await first.next()).id.split("-")[0]
+    first.response.close()
+    raw = redis_asyncio.Redis.from_url(own_redis_server.url)
+    try:
+        # a publish as the Lua script makes it, but whose message never came
+        await raw.incr(f"{channel}:seq")
+        await raw.xadd(f"{channel}:history:t", {"r": '[null,null,"missed",null]'}, id="0-2")
+        await raw.config_resetstat()
+        resumed = await one.stream("resumed", f"{epoch}-2")
+        await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+        assert one.peers["resumed"].recovered is False
+        assert "fetch_timeout" in str(one.errors[-1][1])
+        stats = await raw.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] <= 2, stats["cmdstat_evalsha"]
+    finally:
+        await raw.aclose()
+    one.sse.publish("t", "live")
+    assert (await resumed.next()).data == "live"
+    resumed.response.close()
+
+
+async def test_a_replay_behind_the_client_goes_on_once_this_instance_catches_up(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """The client comes from an instance ahead of this one: the replay waits
+    for this instance's live position, then goes on (recovered True)."""
+    channel = f"behind-{uuid.uuid4()}"
+    one = await Instance(redis_server.url, channel, 100).serve(aiohttp_client)
+    first = await one.stream("first")
+    one.sse.publish("t", "seen")
+    epoch = (await first.next()).id.split("-")[0]
+    first.response.close()
+    raw = redis_asyncio.Redis.from_url(redis_server.url)
+    try:
+        await raw.incr(f"{channel}:seq")  # seq 2: published, its message not here yet
+        await raw.xadd(f"{channel}:history:t", {"r": '[null,null,"late",null]'}, id="0-2")
+        resumed = await one.stream("resumed", f"{epoch}-2")
+        one.sse.publish("t", "next")  # seq 3: brings this instance past the client
+        assert (await resumed.next()).data == "next"
+        await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+        assert one.peers["resumed"].recovered is True
+    finally:
+        await raw.aclose()
+    resumed.response.close()
+
+
+class Noise:
+    """``n`` more instances of the cluster, each publishing about every
+    millisecond to a topic of its own (no client follows them)."""
+
+    def __init__(self, url: str, channel: str, n: int) -> None:
+        self.syncs = [RedisSync(url, channel=channel) for _ in range(n)]
+        self.published = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Noise:
+        for i, sync in enumerate(self.syncs):
+            await sync.start(SyncLink(f"noise{i}", lambda m: None, self._failed, history=1000))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._run(sync, i)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        for sync in self.syncs:
+            await sync.close()
+
+    async def flowing(self) -> None:
+        """Returns once the noise has gone on (a bounded wait)."""
+        before = self.published
+        await wait_until(lambda: self.published > before + 100, timeout=30)
+
+    def _failed(self, exc: Exception) -> None:
+        raise AssertionError(f"noise instance failed: {exc}")
+
+    async def _run(self, sync: RedisSync, i: int) -> None:
+        while not self._stop.is_set():
+            sync.publish(Relayed(f"noise{i}", "x" * 32))
+            self.published += 1
+            await asyncio.sleep(0.001)
+
+
+async def test_a_replay_catches_up_under_unrelated_traffic(
+    redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """Redis 5 ms away, three other instances publishing about every
+    millisecond to topics the client does not follow: a client resuming
+    while its own topic is quiet catches up (and joins it live), and gets
+    every event once."""
+    channel = f"noise-{uuid.uuid4()}"
+    async with LatencyProxy(redis_server.socket, 0.005) as proxy:
+        one = await Instance(proxy.url, channel, 1000).serve(aiohttp_client)
+        first = await one.stream("first")
+        for i in range(5):
+            one.sse.publish("t", str(i))
+        seen = await first.take(5)
+        first.response.close()
+        await wait_until(lambda: one.peers["first"].ready_state == 3)
+        async with Noise(redis_server.url, channel, 3) as noise:
+            for i in range(5, 10):
+                one.sse.publish("t", str(i))  # missed
+            await noise.flowing()
+            resumed = await one.stream("resumed", seen[-1].id)
+            replayed = await resumed.take(5, timeout=30)
+            await wait_until(lambda: one.peers["resumed"].recovered is not None, timeout=30)
+            await noise.flowing()  # it caught up while the traffic went on
+            assert one.peers["resumed"].recovered is True
+            one.sse.publish("t", "live")
+            assert (await resumed.next(timeout=30)).data == "live"
+    assert [e.data for e in seen + replayed] == [str(i) for i in range(10)]
+    assert len({e.id for e in seen + replayed}) == 10
+    resumed.response.close()
+
+
+async def test_many_replays_at_once_share_their_frames(redis_server: RedisServer) -> None:
+    """150 clients resuming at once — more than redis-py's default pool of 100
+    connections: every fetch succeeds, and the replays share one encoded
+    frame per event instead of a copy each."""
+    delivered: list[Relayed] = []
+    reported: list[Exception] = []
+    sync = RedisSync(redis_server.url, channel=f"herd-{uuid.uuid4()}")
+    await sync.start(SyncLink("one", delivered.append, reported.append, history=100))
+    try:
+        for i in range(100):
+            sync.publish(Relayed("t", f"event {i}"))
+        await wait_until(lambda: len(delivered) == 100, timeout=10)
+        epoch = delivered[0].id.split("-")[0] if delivered[0].id else ""
+        replays = await asyncio.gather(
+            *(sync.fetch(("t",), (epoch, 1), None, None) for _ in range(150))
+        )
+        assert all(len(replay.frames) == 99 for replay in replays)
+        assert len({id(frame) for replay in replays for frame in replay.frames}) == 99
+        assert reported == []
+    finally:
+        await sync.close()
+
+
+def _blocks(raw: bytes | bytearray) -> dict[str, bytes]:
+    """The raw SSE blocks of a stream, by the first character of their data."""
+    out: dict[str, bytes] = {}
+    for block in bytes(raw).split(b"\n\n"):
+        start = block.find(b"data: ")
+        if start >= 0:
+            out[chr(block[start + 6])] = block
+    return out
 
 
 # -- across processes ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -194,6 +195,24 @@ async def test_start_fails_clearly_when_unreachable(tmp_path: Any) -> None:
     sync = PostgresSync(f"postgresql://postgres@/postgres?host={tmp_path}", channel="c")
     with pytest.raises(ConnectionError, match="cannot connect to Postgres at"):
         await sync.start(Collected().link())
+    await sync.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:hunter2@topsecret@/postgres?host={dir}",
+        "postgresql://app:hunter2/topsecret@localhost:1/app",
+        "host={dir} user=app password='hunter2 topsecret' dbname=app",
+    ],
+)
+async def test_no_part_of_the_password_reaches_the_startup_error(tmp_path: Any, dsn: str) -> None:
+    sync = PostgresSync(dsn.format(dir=tmp_path), channel="c", send_timeout=5)
+    assert "***" in sync.describe()
+    with pytest.raises(ConnectionError, match="cannot connect to Postgres at") as caught:
+        await sync.start(Collected().link())
+    text = "".join(traceback.format_exception(caught.value))
+    assert "hunter2" not in text and "topsecret" not in text, text
     await sync.close()
 
 

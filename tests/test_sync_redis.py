@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from aiohttp_crossws_sse.client import connect
 from aiohttp_crossws_sse.sync import Relayed, SyncLink
 from tests.backplanes import (  # noqa: F401
     FAST_OPTIONS,
+    LatencyProxy,
     Node,
     RedisServer,
     check_adapter_publish,
@@ -35,6 +38,7 @@ from tests.backplanes import (  # noqa: F401
     node_pair,
     own_redis_server_fixture,
     redis_server_fixture,
+    running_redis,
     until,
 )
 from tests.conftest import EventReader
@@ -216,6 +220,152 @@ async def test_outage_publishes_are_reported_to_the_error_hook_never_raised(
     own_redis_server.start()
     await until(lambda: _true(sync._up), timeout=30, interval=0.02)
     reader.response.close()
+
+
+SECRETS = ("hunter2", "topsecret")
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        ("redis://:hunter2@topsecret@db:6379/0", "redis://:***@db:6379/0"),
+        ("redis://app:hunter2@db/1", "redis://app:***@db/1"),
+        ("rediss://app:hunter2%40topsecret@db:6380", "rediss://app:***@db:6380"),
+        ("redis://db:6379/0?password=hunter2&socket_timeout=2", None),
+        ("unix://:hunter2@topsecret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://:hunter2/topsecret@db:6379", None),  # a '/' in it: ambiguous, all hidden
+        ("redis://:hunter2@top/secret@db:6379", None),
+        ("postgresql://app:hunter2@topsecret@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://app@/app?host=/run/pg&password=hunter2", None),
+        (
+            "host=db user=app password=hunter2 dbname=app",
+            "host=db user=app password=*** dbname=app",
+        ),
+        ("host=db password = 'hunter2 topsecret' dbname=app", "host=db password=*** dbname=app"),
+        ("host=db password='hunter2\\' topsecret' port=5", "host=db password=*** port=5"),
+        ("host=db password='hunter2 topsecret", None),  # unterminated: nothing shown
+    ],
+)
+def test_addresses_are_shown_without_any_part_of_a_credential(
+    address: str, shown: str | None
+) -> None:
+    from aiohttp_crossws_sse.sync._redact import redact
+
+    text = redact(address)
+    assert not any(secret in text for secret in SECRETS), text
+    if shown is not None:
+        assert text == shown
+
+
+async def test_no_part_of_the_password_reaches_a_report_or_the_log(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password holding '@' (redis-py takes ``redis://:a@b@host``), against a
+    real redis-server that requires it: the outage's reports (error hooks,
+    their causes) and every log line, DEBUG tracebacks included, hold no part
+    of it."""
+    caplog.set_level(logging.DEBUG, "aiohttp_crossws_sse")
+    errors: list[SSEError] = []
+    with running_redis(password="hunter2@topsecret") as server:
+        sync = RedisSync(server.url, channel="secret", **FAST_OPTIONS)
+        sse = sse_adapter(define_hooks(error=lambda p, e: errors.append(e)), sync=sync)
+        app = web.Application()
+        sse.setup(app, "/sse")
+        await aiohttp_client(app)
+        assert "hunter2" not in sync.describe() and "Redis at unix://:***@" in sync.describe()
+        server.kill()
+        await until(lambda: _true(any("still cannot reach" in str(e) for e in errors)))
+        sse.publish("t", "lost")
+        await until(lambda: _true(any("not relayed" in str(e) for e in errors)))
+        server.start()
+        await until(lambda: _true(sync._up), timeout=30, interval=0.02)
+    reports = [traceback.format_exception(e) for e in errors]
+    for text in [*map("".join, reports), caplog.text]:
+        assert not any(secret in text for secret in SECRETS), text
+
+
+async def test_a_malformed_address_is_not_quoted_in_the_startup_error() -> None:
+    """redis-py's own message for an unencoded '/' in the password quotes part
+    of it ("Port could not be cast to integer value as 'hunter2'")."""
+    sync = RedisSync("redis://:hunter2/topsecret@127.0.0.1:1/0", channel="c")
+    with pytest.raises(ConnectionError) as caught:
+        await sync.start(Collected().link())
+    text = "".join(traceback.format_exception(caught.value))
+    assert not any(secret in text for secret in SECRETS), text
+
+
+async def test_an_outage_is_logged_one_line_per_state_change(
+    own_redis_server: RedisServer, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One instance loses Redis (a partition) while the other goes on
+    publishing: its log says "lost" once and "reconnected" once, with what was
+    not relayed and what it missed; tracebacks only at DEBUG."""
+    caplog.set_level(logging.DEBUG, "aiohttp_crossws_sse")
+    channel = "quiet-log"
+    async with LatencyProxy(own_redis_server.socket, 0.0) as proxy:
+        near, far = (
+            RedisSync(proxy.url, channel=channel),
+            RedisSync(own_redis_server.url, channel=channel),
+        )
+        apps = []
+        for sync in (near, far):
+            sse = sse_adapter(
+                define_hooks(open=lambda peer: peer.subscribe("t")), history=100, sync=sync
+            )
+            app = web.Application()
+            sse.setup(app, "/sse")
+            apps.append((sse, await aiohttp_client(app)))
+        (a, a_client), (b, _) = apps
+        reader = EventReader(await a_client.get("/sse"))
+        await until(lambda: _true(bool(a.peers)), timeout=10, interval=0.02)
+        b.publish("t", "before")
+        assert (await reader.next()).data == "before"
+        caplog.clear()
+        proxy.cut()
+        await until(lambda: _true(not near._up), timeout=10, interval=0.02)
+        for i in range(3):
+            a.publish("t", f"local {i}")  # not relayed: local peers only
+            b.publish("t", f"missed {i}")  # in Redis, not here
+            await asyncio.sleep(0.01)
+        proxy.restore()
+        await until(lambda: _true(near._up), timeout=30, interval=0.02)
+        b.publish("t", "after")
+        got = [(await reader.next()).data for _ in range(4)]
+        assert got == ["local 0", "local 1", "local 2", "after"]
+        reader.response.close()
+        records = list(caplog.records)  # before the proxy closes (a new outage)
+    above_debug = [r for r in records if r.levelno > logging.DEBUG]
+    text = [caplog.handler.format(r) for r in above_debug]
+    assert len(above_debug) == 2, text
+    assert "lost the connection" in text[0] and above_debug[0].levelno == logging.ERROR
+    assert "reconnected" in text[1]
+    assert "local publishes not relayed meanwhile: 3" in text[1], text[1]
+    assert "publishes of the cluster missed meanwhile: 3" in text[1], text[1]
+    assert not any("Traceback" in t or r.exc_info for t, r in zip(text, above_debug, strict=True))
+    assert any(r.exc_info for r in records if r.levelno == logging.DEBUG)
+
+
+async def test_a_publish_in_flight_when_redis_dies_is_counted_in_the_outage(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch fails before the listener notices the outage: it is counted
+    in the outage's lines, not reported on a line of its own."""
+    caplog.set_level(logging.INFO, "aiohttp_crossws_sse")
+    got = Collected()
+    sync = RedisSync(own_redis_server.url, channel="in-flight")
+    await sync.start(got.link())
+    try:
+        sync.publish(Relayed("t", "in flight"))
+        own_redis_server.kill()  # before the writer runs
+        await until(lambda: _true(not sync._up), timeout=10, interval=0.02)
+        own_redis_server.start()
+        await until(lambda: _true(sync._up), timeout=30, interval=0.02)
+    finally:
+        await sync.close()
+    reports = [str(e) for e in got.reported]
+    assert len(reports) == 2, reports
+    assert reports[0].startswith("lost the connection")
+    assert "local publishes not relayed meanwhile: 1" in reports[1], reports
 
 
 async def _true(value: bool) -> bool:

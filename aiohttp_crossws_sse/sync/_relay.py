@@ -25,12 +25,12 @@ import contextlib
 import json
 import logging
 import random
-import re
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from itertools import chain
 from operator import attrgetter
 
+from ._redact import quotes, redact, scrub
 from .base import Relayed, Sync, SyncLink
 
 __all__ = ["RelaySync", "body_size", "redact"]
@@ -47,13 +47,9 @@ _OVERHEAD = 16
 _GUESS = 64
 _FIELDS = attrgetter("topic", "namespace", "event", "data")
 _FIRST_RECONNECT_DELAY = 0.05
+_LOSS_GRACE = 0.1  # seconds before the first report of publishes not relayed
 _MAX_SENDERS = 4096
 _OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
-
-
-def redact(address: str) -> str:
-    """``address`` without the password of a ``scheme://user:password@host`` URL."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", address)
 
 
 def why(exc: BaseException | None) -> str:
@@ -82,27 +78,28 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
-class _LossReport:
-    """Counts publishes that could not be relayed and reports them, at most
-    once per ``interval`` seconds (the first at once, the rest summed)."""
+def plural(n: int, word: str, suffix: str = "s") -> str:
+    return f"{n} {word}{suffix if n != 1 else ''}"
+
+
+class _Throttled(ABC):
+    """A count of one kind of trouble, reported at most once per
+    ``report_interval`` (the first after ``grace`` seconds, the rest summed)."""
+
+    grace = 0.0
 
     def __init__(self, owner: RelaySync) -> None:
         self._owner = owner
         self.unreported = 0
-        self.since_up = 0  # lost since the connection was last up
-        self.cause: BaseException | None = None
         self._last = -1e18
         self._timer: asyncio.TimerHandle | None = None
 
-    def lost(self, count: int, cause: BaseException | None) -> None:
+    def add(self, count: int) -> None:
         self.unreported += count
-        self.since_up += count
-        if cause is not None:
-            self.cause = cause
         if self._timer is not None:
             return
         loop = asyncio.get_running_loop()
-        due = self._last + self._owner.report_interval
+        due = max(self._last + self._owner.report_interval, loop.time() + self.grace)
         if loop.time() >= due:
             self.flush()
         else:
@@ -114,22 +111,70 @@ class _LossReport:
             return
         n, self.unreported = self.unreported, 0
         self._last = asyncio.get_running_loop().time()
-        cause = self.cause
-        reason = f": {why(cause)}" if cause is not None else ""
-        err = ConnectionError(
-            f"{n} publish{'es' if n != 1 else ''} not relayed to the other instances "
-            f"through {self._owner.describe()}{reason}"
-        )
-        err.__cause__ = cause
-        self._owner.report(err)
+        self._owner.report(self.error(n))
 
     def cancel(self) -> int:
-        """Stop the timer; returns the publishes still unreported."""
+        """Stop the timer; returns the count still unreported."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         n, self.unreported = self.unreported, 0
         return n
+
+    @abstractmethod
+    def error(self, n: int) -> Exception:
+        """The report of ``n`` of them."""
+
+
+class _LossReport(_Throttled):
+    """Publishes not relayed while the connection was up (a batch that failed
+    or timed out, ``max_pending``); those of an outage are counted in the
+    outage's own reports."""
+
+    # A batch that fails as the connection drops usually fails before the
+    # listener notices: a moment's wait lets the outage count it instead
+    # (went_down takes what is unreported), so one outage stays one line.
+    grace = _LOSS_GRACE
+    cause: BaseException | None = None
+
+    def lost(self, count: int, cause: BaseException | None) -> None:
+        if cause is not None:
+            self.cause = cause
+        self.add(count)
+
+    def error(self, n: int) -> Exception:
+        owner, cause = self._owner, self.cause
+        reason = f": {owner.reason(cause)}" if cause is not None else ""
+        err = ConnectionError(
+            f"{plural(n, 'publish', 'es')} not relayed to the other instances "
+            f"through {owner.describe()}{reason}"
+        )
+        return owner.caused(err, cause)
+
+
+class _GapReport(_Throttled):
+    """Message batches other instances sent that never arrived here."""
+
+    def __init__(self, owner: RelaySync) -> None:
+        super().__init__(owner)
+        self.senders: set[str] = set()
+
+    def missed(self, sender: str, count: int) -> None:
+        if len(self.senders) < _MAX_SENDERS:
+            self.senders.add(sender)
+        self.add(count)
+
+    def error(self, n: int) -> Exception:
+        senders, self.senders = self.senders, set()
+        source = (
+            f"instance {next(iter(senders))}"
+            if len(senders) == 1
+            else plural(len(senders), "instance")
+        )
+        return ConnectionError(
+            f"missed {plural(n, 'message batch', 'es')} from {source} on "
+            f"{self._owner.describe()} (the connection was lost meanwhile, or they were never sent)"
+        )
 
 
 class RelaySync(Sync):
@@ -182,6 +227,7 @@ class RelaySync(Sync):
         if max_pending <= 0:
             raise ValueError(f"option 'max_pending' must be > 0, got {max_pending!r}")
         self.max_pending = max_pending
+        self._secrets: tuple[str, ...] = ()  # of the address: never in a report (secrets_of)
         self._link: SyncLink | None = None
         self._own = ""  # the envelope prefix of this instance
         self._seq = 0
@@ -196,6 +242,8 @@ class RelaySync(Sync):
         self._down_since = 0.0
         self._down_cause: BaseException | None = None
         self._losses: _LossReport | None = None
+        self._gaps: _GapReport | None = None
+        self._outage_lost = 0  # publishes not relayed during the current outage
         self._last_retry_report = -1e18
 
     # -- Sync ------------------------------------------------------------------------
@@ -208,15 +256,20 @@ class RelaySync(Sync):
         loop = asyncio.get_running_loop()
         self._own = f"{VERSION}{link.instance_id} "
         self._losses = _LossReport(self)
+        self._gaps = _GapReport(self)
         self._closing = False
+        failure: Exception | None = None
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._connect()
                 await self._subscribe()
         except Exception as exc:
+            failure = exc
+        if failure is not None:  # raised outside the handler: no implicit __context__
             await self._quiet(self._unsubscribe())
             await self._quiet(self._disconnect())
-            raise ConnectionError(f"cannot connect to {self.describe()}: {why(exc)}") from exc
+            err = ConnectionError(f"cannot connect to {self.describe()}: {self.reason(failure)}")
+            raise self.caused(err, failure)
         self._link = link
         self._up = True
         self._wake = asyncio.Event()
@@ -230,12 +283,14 @@ class RelaySync(Sync):
             if self._link is None or self._closing:
                 raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
             self._lost(1, self._down_cause)
+            self._unsent([message])
             return
         pending = self._pending
         if not pending:
             self._wake.set()  # the writer sends what this loop iteration queues
         elif self._pending_bytes > self.max_pending:
             self._lost(1, BufferError(f"more than {self.max_pending} bytes waiting to be sent"))
+            self._unsent([message])
             return
         pending.append(message)
         self._pending_bytes += len(message.data)
@@ -259,14 +314,16 @@ class RelaySync(Sync):
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
-        if self._losses is not None:
-            unreported = self._losses.cancel()
-            if unreported:
-                logger.warning(
-                    "%d publishes not relayed through %s before shutdown",
-                    unreported,
-                    self.describe(),
-                )
+        unreported, self._outage_lost = self._outage_lost, 0
+        if self._losses is not None and self._gaps is not None:
+            unreported += self._losses.cancel()
+            self._gaps.cancel()
+        if unreported:
+            logger.warning(
+                "%d publishes not relayed through %s before shutdown",
+                unreported,
+                self.describe(),
+            )
         await self._quiet(self._unsubscribe())
         await self._quiet(self._disconnect())
         self._link = None
@@ -286,6 +343,19 @@ class RelaySync(Sync):
     def describe(self) -> str:
         """What the backplane talks to, for messages (no password)."""
         return f"{self.kind} channel {self.channel!r}"
+
+    def reason(self, exc: BaseException | None) -> str:
+        """``exc`` as the reason in a report, without the address's secrets
+        (a client library's message about a malformed address may quote them)."""
+        return scrub(why(exc), self._secrets)
+
+    def caused(self, err: Exception, cause: BaseException | None) -> Exception:
+        """``err`` with ``cause`` as its ``__cause__`` — unless what ``cause``
+        (or its own causes) says quotes a secret: then ``err`` stands alone."""
+        if cause is not None and quotes(cause, self._secrets):
+            cause = None
+        err.__cause__ = cause
+        return err
 
     def pack(self, batch: list[Relayed], data_bytes: int | None = None) -> list[str]:
         """The envelopes carrying ``batch``, in order, each body at most
@@ -354,15 +424,8 @@ class RelaySync(Sync):
         if last is None and len(self._seqs) >= _MAX_SENDERS:
             self._seqs.clear()
         self._seqs[sender] = seq
-        if last is not None and seq > last + 1:
-            missed = seq - last - 1
-            self.report(
-                ConnectionError(
-                    f"missed {missed} message batch{'es' if missed != 1 else ''} from "
-                    f"instance {sender} on {self.describe()} (the connection was lost "
-                    "meanwhile, or they were never sent)"
-                )
-            )
+        if last is not None and seq > last + 1 and self._gaps is not None:
+            self._gaps.missed(sender, seq - last - 1)
         return envelope[newline + 1 :]
 
     def deliver_body(self, body: str) -> None:
@@ -401,7 +464,9 @@ class RelaySync(Sync):
     # -- the writer ------------------------------------------------------------------
 
     def _lost(self, count: int, cause: BaseException | None) -> None:
-        if self._losses is not None:
+        if not self._up:
+            self._outage_lost += count  # in the outage's reports (see _reconnect)
+        elif self._losses is not None:
             self._losses.lost(count, cause)
 
     async def _write_loop(self) -> None:
@@ -432,7 +497,8 @@ class RelaySync(Sync):
         await self._send(self.pack(batch, data_bytes))
 
     def _unsent(self, batch: list[Relayed]) -> None:
-        """``batch`` could not be relayed (already reported as lost)."""
+        """``batch`` could not be relayed (already reported as lost): by the
+        writer, or refused by ``publish`` (unreachable, over ``max_pending``)."""
 
     # -- the listener ------------------------------------------------------------------
 
@@ -454,20 +520,22 @@ class RelaySync(Sync):
             return
         self._up = False
         self._down_cause = cause
-        self._down_since = asyncio.get_running_loop().time()
-        if self._losses is not None:
-            self._losses.since_up = 0
+        # The next report of this outage comes report_interval from now (if
+        # it lasts), with the publishes not relayed so far — this one's
+        # losses not yet reported among them.
+        self._down_since = self._last_retry_report = asyncio.get_running_loop().time()
+        self._outage_lost = self._losses.cancel() if self._losses is not None else 0
         err = ConnectionError(
-            f"lost the connection to {self.describe()}: {why(cause)}; "
+            f"lost the connection to {self.describe()}: {self.reason(cause)}; "
             "local peers are still served, publishes are not relayed until it is back "
             "(reconnecting)"
         )
-        err.__cause__ = cause
-        self.report(err)
+        self.report(self.caused(err, cause))
         await self._quiet(self._unsubscribe())
 
     async def _reconnect(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Resubscribe with backoff. While it fails, one report per
+        ``report_interval``; once back, one line saying what was lost."""
         delay = _FIRST_RECONNECT_DELAY
         attempts = 0
         while True:
@@ -483,29 +551,45 @@ class RelaySync(Sync):
             except Exception as exc:
                 self._down_cause = exc
                 await self._quiet(self._unsubscribe())
-                now = loop.time()
-                if now - self._last_retry_report >= self.report_interval:
-                    self._last_retry_report = now
-                    plural = "s" if attempts != 1 else ""
-                    err = ConnectionError(
-                        f"still cannot reach {self.describe()} after {attempts} attempt{plural} "
-                        f"({now - self._down_since:.1f} s down): {why(exc)}"
-                    )
-                    err.__cause__ = exc
-                    self.report(err)
+                self._still_down(attempts, exc)
         self._up = True
         self._down_cause = None
-        self._last_retry_report = -1e18
-        lost = 0
-        if self._losses is not None:
-            self._losses.flush()
-            lost = self._losses.since_up
-        logger.warning(
-            "reconnected to %s after %.1f s; %d local publishes were not relayed meanwhile",
-            self.describe(),
-            loop.time() - self._down_since,
-            lost,
+        self._back_up()
+
+    def _still_down(self, attempts: int, exc: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_retry_report < self.report_interval:
+            return
+        self._last_retry_report = now
+        lost = self._outage_lost
+        so_far = f"; {plural(lost, 'publish', 'es')} not relayed so far" if lost else ""
+        err = ConnectionError(
+            f"still cannot reach {self.describe()} after {plural(attempts, 'attempt')} "
+            f"({now - self._down_since:.1f} s down): {self.reason(exc)}{so_far}"
         )
+        self.report(self.caused(err, exc))
+
+    def _back_up(self) -> None:
+        """The one line of a reconnect: an error report (log and ``error``
+        hooks) when publishes were lost meanwhile, else a warning."""
+        lost, self._outage_lost = self._outage_lost, 0
+        missed = self._missed_meanwhile()
+        down = asyncio.get_running_loop().time() - self._down_since
+        text = (
+            f"reconnected to {self.describe()} after {down:.1f} s; "
+            f"local publishes not relayed meanwhile: {lost}"
+        )
+        if missed:
+            text += f"; publishes of the cluster missed meanwhile: {missed}"
+        if lost or missed:
+            self.report(ConnectionError(text))
+        else:
+            logger.warning("%s", text)
+
+    def _missed_meanwhile(self) -> int | None:
+        """How many publishes of other instances the outage just over missed,
+        when the backend can tell (it then reports none of them as gaps)."""
+        return None
 
     @staticmethod
     async def _quiet(step: Awaitable[None]) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from ._relay import RelaySync, body_size, logger, redact, utf8_len
+from ._redact import redact, secrets_of
+from ._relay import RelaySync, body_size, logger, utf8_len
 from .base import Relayed
 
 __all__ = ["PostgresSync"]
@@ -104,6 +105,7 @@ class PostgresSync(RelaySync):
         if not retention > 0:
             raise ValueError(f"option 'retention' must be > 0, got {retention!r}")
         self.dsn = dsn
+        self._secrets = secrets_of(dsn)
         self.table = table
         self.retention = float(retention)
         self._publisher: asyncpg.Connection[asyncpg.Record] | None = None
@@ -319,10 +321,9 @@ class PostgresSync(RelaySync):
         except Exception as exc:
             err = ConnectionError(
                 f"could not read a stored payload (row {row} of {self.table}) "
-                f"from {self.describe()}: {exc}"
+                f"from {self.describe()}: {self.reason(exc)}"
             )
-            err.__cause__ = exc
-            self.report(err)
+            self.report(self.caused(err, exc))
             return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
@@ -19,7 +20,8 @@ from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
-from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, redact
+from ._redact import redact, secrets_of
+from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive
 from .base import Relayed, SyncLink
 
 
@@ -34,6 +36,51 @@ class _NoBackoff(AbstractBackoff):
 
 
 __all__ = ["RedisSync"]
+
+# Topics whose newest delivery is remembered while replays fetch; beyond
+# that many, tracking restarts (a fetch then reads once more).
+_MAX_TRACKED = 4096
+# Replay fetches in flight at once (more wait their turn, within fetch_timeout).
+_MAX_FETCHES = 16
+# Bytes of encoded frames kept for replays to share (see _FrameCache).
+_FRAME_CACHE_BYTES = 16 << 20
+
+
+class _FrameCache:
+    """Encoded frames of the events replays read, by seq, least recently
+    used first out beyond ``_FRAME_CACHE_BYTES``: clients resuming at once
+    share one frame per event (as the in-process history does) instead of
+    each holding a copy of the history, and the records are decoded once."""
+
+    def __init__(self) -> None:
+        self._epoch: str | None = None
+        self._entries: OrderedDict[int, tuple[bytes, str | None, str | None]] = OrderedDict()
+        self._bytes = 0
+
+    def get(
+        self, epoch: str, seq: int, record: bytes | str
+    ) -> tuple[bytes, str | None, str | None]:
+        """``(frame, namespace, sender)`` of event ``seq`` stored as ``record``."""
+        if epoch != self._epoch:  # seqs start over in a new epoch
+            self.clear()
+            self._epoch = epoch
+        entries = self._entries
+        entry = entries.get(seq)
+        if entry is not None:
+            entries.move_to_end(seq)
+            return entry
+        ns, event, data, sender = json.loads(record)
+        entry = (encode_published(data, event=event, id=format_id(epoch, seq)), ns, sender)
+        entries[seq] = entry
+        self._bytes += len(entry[0])
+        while self._bytes > _FRAME_CACHE_BYTES:
+            self._bytes -= len(entries.popitem(last=False)[1][0])
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
 
 # Publishing with history, atomically: take the epoch (a new one if Redis
 # lost it), take n consecutive seqs, add each event to its topic's stream
@@ -122,7 +169,9 @@ class RedisSync(RelaySync):
     attempts are reported at most this often, with counts),
     ``send_timeout`` (10 s: a batch not sent by then counts as lost),
     ``max_pending`` (16 MiB: data queued and not yet sent beyond which
-    further publishes are not relayed, and reported).
+    further publishes are not relayed, and reported), ``fetch_timeout``
+    (5 s, with history: a replay's read of the history not answered by then
+    gives up, and the client's stream goes on without the replay).
     """
 
     kind = "Redis"
@@ -138,6 +187,7 @@ class RedisSync(RelaySync):
         report_interval: float = 10.0,
         send_timeout: float = 10.0,
         max_pending: int = 16 << 20,
+        fetch_timeout: float = 5.0,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -152,14 +202,18 @@ class RedisSync(RelaySync):
                 raise ValueError("RedisSync needs a Redis URL or client")
             self._url: str | None = url_or_client
             self._given: Redis | None = None
+            self._secrets = secrets_of(url_or_client)
         elif isinstance(url_or_client, Redis):
             self._url = None
             self._given = url_or_client
+            password = url_or_client.connection_pool.connection_kwargs.get("password")
+            self._secrets = (password,) if isinstance(password, str) and password else ()
         else:
             raise TypeError(
                 "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
                 f"{type(url_or_client).__name__}"
             )
+        self.fetch_timeout = _positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
@@ -169,6 +223,15 @@ class RedisSync(RelaySync):
         self._keys = (f"{channel}:epoch", f"{channel}:seq", f"{channel}:evicted")
         self._streams = f"{channel}:history:"
         self._live: tuple[str | None, int] = (None, 0)
+        self._live_moved: asyncio.Event | None = None  # set when _live moves (if awaited)
+        self._outage_missed: int | None = None  # publishes missed, read on resubscribing
+        self._slots: asyncio.Semaphore | None = None  # see _fetch_slots
+        self._frames = _FrameCache()
+        # While fetches are in flight: the newest seq delivered per topic,
+        # for every delivery with a seq above _tracked_from (see _moved_on).
+        self._fetching = 0
+        self._topic_seqs: dict[str, int] = {}
+        self._tracked_from = 0
         self._publish_script: Any = None
         self._fetch_script: Any = None
 
@@ -191,13 +254,10 @@ class RedisSync(RelaySync):
         self.assigns_ids = link.history > 0
         await super().start(link)
 
-    def publish(self, message: Relayed) -> None:
-        super().publish(message)
-        if self.assigns_ids and not self._up and self._link is not None:
-            # Local peers are still served (without an id: not replayable).
-            self._link.deliver(message)
-
     def _unsent(self, batch: list[Relayed]) -> None:
+        # With history, a publish reaches even local peers only back from
+        # Redis: one that never got there is delivered here now (without an
+        # id: not replayable), whatever kept it from Redis.
         if self.assigns_ids and self._link is not None:
             for message in batch:
                 self._link.deliver(message)
@@ -271,6 +331,8 @@ class RedisSync(RelaySync):
             ):
                 self._malformed(body, None)
             else:
+                if self._fetching:
+                    self._track(epoch, topic, seq)
                 self._live = (epoch, seq)
                 try:
                     message = Relayed(topic, data, event, namespace, format_id(epoch, seq), sender)
@@ -278,6 +340,7 @@ class RedisSync(RelaySync):
                 except Exception as exc:
                     self.report(exc)
             seq += 1
+        self._live_moved_on()
 
     async def fetch(
         self,
@@ -287,10 +350,42 @@ class RedisSync(RelaySync):
         skip_sender: str | None,
     ) -> Replay:
         """The cluster's history after ``position`` on ``topics``, up to the
-        newest publish delivered here (see ``Sync.assigns_ids``)."""
+        newest publish delivered here (see ``Sync.assigns_ids``). Raises
+        ``ConnectionError`` when Redis is unreachable or does not answer
+        within ``fetch_timeout`` (the replay then gives up: the client's
+        stream goes on without it)."""
         client = self._client
         if client is None:
             return Replay([], False, 0, None)
+        if not self._up:
+            raise ConnectionError(
+                f"cannot read the history: {self.describe()} is unreachable "
+                f"({self.reason(self._down_cause)})"
+            )
+        if not self._fetching:
+            self._restart_tracking(self._live[1])
+        self._fetching += 1
+        try:
+            async with asyncio.timeout(self.fetch_timeout), self._fetch_slots(client):
+                return await self._fetch(client, topics, position, namespace, skip_sender)
+        except TimeoutError as exc:
+            raise ConnectionError(
+                f"reading the history from {self.describe()} took longer than "
+                f"fetch_timeout={self.fetch_timeout} s"
+            ) from exc
+        finally:
+            self._fetching -= 1
+            if not self._fetching:
+                self._topic_seqs.clear()
+
+    async def _fetch(
+        self,
+        client: Redis,
+        topics: tuple[str, ...],
+        position: tuple[str, int] | None,
+        namespace: str | None,
+        skip_sender: str | None,
+    ) -> Replay:
         if self._fetch_script is None:
             self._fetch_script = client.register_script(_FETCH)
         live_epoch, live_seq = self._live
@@ -308,9 +403,12 @@ class RedisSync(RelaySync):
         complete = position is not None and position[0] == epoch
         if epoch != live_epoch or after > live_seq:
             # This instance has not yet delivered what the cluster published
-            # (a new epoch, or the client came from an instance ahead of it).
-            await asyncio.sleep(0.005)
-            return Replay([], complete, upto, epoch)
+            # (a new epoch, or the client came from an instance ahead of it):
+            # read again once it has — waiting for its listener, not polling
+            # Redis; fetch_timeout bounds the wait (a message it missed).
+            start = position[1] if position is not None and position[0] == epoch else 0
+            await self._until_delivered(epoch, start)
+            return Replay([], complete, start, epoch)
         runs: list[tuple[int, bytes]] = []
         for i in range(2, len(result), 2):
             deleted = int(_text(result[i]).split("-")[1])
@@ -318,12 +416,65 @@ class RedisSync(RelaySync):
                 complete = False
             for entry_id, fields in result[i + 1]:
                 seq = int(_text(entry_id).split("-")[1])
-                ns, event, data, sender = json.loads(fields[1])
+                frame, ns, sender = self._frames.get(epoch, seq, fields[1])
                 if (ns is None or ns == namespace) and (sender is None or sender != skip_sender):
-                    frame = encode_published(data, event=event, id=format_id(epoch, seq))
                     runs.append((seq, frame))
         runs.sort(key=lambda item: item[0])
-        return Replay([frame for _, frame in runs], complete, upto, epoch)
+        return Replay(
+            [frame for _, frame in runs], complete, self._moved_on(epoch, upto, topics), epoch
+        )
+
+    def _fetch_slots(self, client: Redis) -> asyncio.Semaphore:
+        """Bounds the fetches in flight: many clients resuming at once queue
+        here instead of exhausting the client's pool (redis-py's default of
+        100 connections then fails the rest with MaxConnectionsError)."""
+        if self._slots is None:
+            pool_size = getattr(client.connection_pool, "max_connections", None) or _MAX_FETCHES
+            # the pool also holds the subscription and the publishing connection
+            self._slots = asyncio.Semaphore(max(1, min(_MAX_FETCHES, pool_size - 2)))
+        return self._slots
+
+    def _moved_on(self, epoch: str, upto: int, topics: tuple[str, ...]) -> int:
+        """How far a fetch that read ``topics`` up to ``upto`` reaches now.
+
+        While it waited for Redis, this instance delivered more publishes:
+        when none of them was on ``topics``, the history of these topics is
+        the same up to the live position, so the fetch reaches that far — and
+        the peer can join now (``caught_up``). Comparing with the live
+        position alone, which every publish on any topic moves, a replay
+        under unrelated traffic would never catch up."""
+        live_epoch, live_seq = self._live
+        if live_epoch != epoch or upto < self._tracked_from:
+            return upto  # deliveries since upto are not all tracked
+        seqs = self._topic_seqs
+        if any(seqs.get(topic, 0) > upto for topic in topics):
+            return upto  # a publish on these topics came since: read it
+        return live_seq
+
+    def _track(self, epoch: str, topic: str, seq: int) -> None:
+        """Note a delivery while fetches are in flight (see ``_moved_on``)."""
+        seqs = self._topic_seqs
+        if epoch != self._live[0] or (len(seqs) >= _MAX_TRACKED and topic not in seqs):
+            self._restart_tracking(seq - 1)  # bounded memory: forget, track from here
+        seqs[topic] = seq
+
+    def _restart_tracking(self, after: int) -> None:
+        self._topic_seqs.clear()
+        self._tracked_from = after
+
+    async def _until_delivered(self, epoch: str, seq: int) -> None:
+        """Wait until this instance has delivered the publish ``(epoch, seq)``."""
+        while self._live[0] != epoch or self._live[1] < seq:
+            moved = self._live_moved
+            if moved is None:
+                moved = self._live_moved = asyncio.Event()
+            await moved.wait()
+
+    def _live_moved_on(self) -> None:
+        """Wake the fetches waiting in ``_until_delivered`` (``_live`` moved)."""
+        moved, self._live_moved = self._live_moved, None
+        if moved is not None:
+            moved.set()
 
     def caught_up(self, replay: Replay) -> bool:
         if replay.epoch is None:
@@ -338,11 +489,24 @@ class RedisSync(RelaySync):
         if client is None:
             return
         epoch, seq = await client.mget(list(self._keys[:2]))
+        self._outage_missed = None
         if epoch is not None:
             live_epoch, live_seq = self._live
             seq_n = int(seq or 0)
+            if _text(epoch) == live_epoch:
+                self._outage_missed = max(0, seq_n - live_seq)
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self._live = (_text(epoch), seq_n)
+                self._restart_tracking(seq_n)  # a jump: what lies before was not delivered
+                self._live_moved_on()
+
+    def _missed_meanwhile(self) -> int | None:
+        # With history, the cluster's seq says exactly what was missed: the
+        # gaps in the other instances' envelopes would say it again.
+        missed, self._outage_missed = self._outage_missed, None
+        if missed is not None:
+            self._seqs.clear()
+        return missed
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -359,6 +523,8 @@ class RedisSync(RelaySync):
         )
 
     async def _disconnect(self) -> None:
+        self._frames.clear()
+        self._slots = None
         client, self._client = self._client, None
         if client is not None and client is not self._given:
             await client.aclose()
