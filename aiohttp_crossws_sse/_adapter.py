@@ -452,8 +452,7 @@ class SSEAdapter:
             return refuse(request, f"missing {PEER_ID_HEADER} header", self.options)
         # The id is a capability: one from another namespace is as unknown
         # as a made-up one (and answered the same, so nothing leaks).
-        if conn is not None:
-            self._registry.guard.enter("POST")  # a publish before may have closed it
+        # (``conn.state`` first applies what a publish before did to it)
         if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
             return refuse(request, "unknown peer id", self.options)
         return await receive(

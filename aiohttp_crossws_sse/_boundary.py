@@ -29,9 +29,6 @@ __all__ = ["LoopGuard", "on_the_loop"]
 
 
 class _Settles(Protocol):
-    @property
-    def lazy(self) -> object | None: ...
-
     def settle(self) -> None: ...
 
 
@@ -55,8 +52,7 @@ class LoopGuard:
         """Check the thread, then settle: what every public call does first."""
         if get_ident() != self.thread:
             self.refuse(what)
-        if self.sched.lazy is not None:
-            self.sched.settle()
+        self.sched.settle()
 
     def refuse(self, what: str) -> None:
         """Not on the loop's thread (or no thread bound yet): bind this one

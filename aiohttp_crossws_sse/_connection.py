@@ -25,9 +25,9 @@ from ._history import ReplaySource, parse_id
 from ._hooks import Hooks, run_error_hooks, run_hooks, sse_error
 from ._hooks import logger as hooks_logger
 from ._logs import operator_log
-from ._outbox import REASON_LOST, REASON_STALLED, Outbox
 from ._peer import REASON_OPEN_FAILED, CloseDetails, Peer, gave_event_id
 from ._wire import CROSSWS_ID_EVENT, ReadyState
+from ._write import REASON_LOST, REASON_STALLED, Outbox
 
 if TYPE_CHECKING:
     from ._registry import Namespace, Registry
@@ -39,6 +39,7 @@ class Connection:
     """One accepted stream (see the module docstring)."""
 
     __slots__ = (
+        "_state",
         "closed",
         "details",
         "ended",
@@ -50,7 +51,6 @@ class Connection:
         "peer",
         "registry",
         "replay_state",
-        "state",
         "topics",
     )
 
@@ -68,7 +68,7 @@ class Connection:
         # None, one topic, or a set: most peers hold a topic or two, and an
         # empty set alone costs 216 bytes per connection.
         self.topics: str | set[str] | None = None
-        self.state = ReadyState.CONNECTING
+        self._state = ReadyState.CONNECTING
         self.details: CloseDetails | None = None
         self.finalized = 0  # 1: close hooks running, 2: done
         self.closed: asyncio.Future[None] | None = None
@@ -95,6 +95,15 @@ class Connection:
 
     # -- topics -------------------------------------------------------------------
 
+    @property
+    def state(self) -> ReadyState:
+        """The peer's ready state, as the write path leaves it: read through
+        ``Outbox.settled``, so that what a publish pending in this loop
+        iteration does to this peer (the slow-consumer policy) shows first.
+        Every read of the state, in any module, goes through here."""
+        self.outbox.settled()
+        return self._state
+
     def topic_list(self) -> tuple[str, ...]:
         topics = self.topics
         if topics is None:
@@ -110,7 +119,6 @@ class Connection:
         )
 
     def subscribe(self, topic: str) -> None:
-        self.outbox.sched.settle()  # may end this peer (see ``end``)
         if self.state > ReadyState.OPEN or self.namespace is None or self.has_topic(topic):
             return
         topics = self.topics
@@ -124,7 +132,6 @@ class Connection:
             self.namespace.join(topic, self.outbox)
 
     def unsubscribe(self, topic: str) -> None:
-        self.outbox.sched.settle()
         if not self.has_topic(topic):
             return
         topics = self.topics
@@ -142,7 +149,7 @@ class Connection:
         peer is open. Called by the request handler, which serves the stream
         from here on."""
         self.outbox.attach(transport)
-        self.state = ReadyState.OPEN
+        self._state = ReadyState.OPEN
         self.namespace = self.registry.add(self, namespace)
         if self.registry.replay_source is not None and gave_event_id(self.peer.request):
             # From the start, so that nothing published to this peer's
@@ -232,7 +239,6 @@ class Connection:
             return
         done = state[0]
         outcome = None
-        self.outbox.sched.settle()
         if self.state == ReadyState.OPEN:
             outcome = complete
             if self.namespace is not None:
@@ -290,13 +296,12 @@ class Connection:
 
     def end(self, details: CloseDetails, *, graceful: bool) -> None:
         """Start closing: leave the registry and wake ``serve`` (idempotent)."""
-        # A publish made before this call, its subscribers not bound yet
-        # (``Scheduler.settle``), may put this peer over max_buffer: the
-        # policy applies first, as it would have at the publish.
-        self.outbox.sched.settle()
+        # (``state`` settles: a publish made before this call may put this
+        # peer over max_buffer, and the policy applies first, as it would
+        # have at the publish)
         if self.state >= ReadyState.CLOSING:
             return
-        self.state = ReadyState.CLOSING
+        self._state = ReadyState.CLOSING
         self.details = details
         self.registry.remove(self)
         if not graceful:
@@ -338,7 +343,7 @@ class Connection:
         if self.finalized:
             return
         self.finalized = 1
-        self.state = ReadyState.CLOSED
+        self._state = ReadyState.CLOSED
         self.registry.remove(self)
         details = self.details or CloseDetails(None, REASON_LOST)
         try:

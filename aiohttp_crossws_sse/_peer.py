@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # Close reasons of the lifecycle (README "Close reasons"; the write path's
-# own are in _outbox).
+# own are in _write.limits).
 REASON_TERMINATED = "terminated"
 REASON_SHUTDOWN = "server shutdown"
 REASON_OPEN_FAILED = "open hook failed"

@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ._boundary import LoopGuard
 from ._frame import KEEPALIVE_FRAME, encode_published, encode_text, to_text
 from ._history import History, ReplaySource
-from ._outbox import Fanout, Scheduler
+from ._stats import Stats
+from ._write import Fanout, Scheduler
 from .sync.base import Relayed
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._options import Options
-    from ._outbox import Outbox
     from ._peer import Peer
+    from ._write import Outbox
 
 __all__ = ["Namespace", "PeerView", "Registry", "Stats"]
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters an operator asks for first (``SSEAdapter.stats()``)."""
-
-    peers_opened: int = 0
-    peers_closed: int = 0
-    peers_rejected: int = 0  # refused by max_peers or while shutting down
-    frames_encoded: int = 0  # events encoded: one per send, one per publish
-    deliveries: int = 0  # frames queued for a peer (a publish to N peers counts N)
-    events_dropped: int = 0  # discarded by the "drop-oldest" policy
-    slow_consumers: int = 0  # peers closed by the "close" policy
-    send_timeouts: int = 0  # peers aborted after send_timeout of blocked writes
-    messages_received: int = 0  # bidirectional messages handed to hooks
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class PeerView(Mapping[str, "Peer"]):
@@ -85,7 +67,7 @@ class Namespace:
         if entry is None:
             return
         entry.discard(outbox)
-        if not entry.members:
+        if not len(entry):
             del self.topics[topic]  # no dead topics after churn
 
 
@@ -242,7 +224,7 @@ class Registry:
         if entry is None:
             return
         skip = sender.outbox if sender is not None else None
-        self.stats.deliveries += len(entry.members) - (skip is not None and skip in entry.members)
+        self.stats.deliveries += entry.receivers(skip)
         entry.publish(frame, skip, self.scheduler)
 
     def _keepalive(self) -> None:

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 
 from aiohttp_crossws_sse._frame import EAGER_WRITE
 from aiohttp_crossws_sse._options import Options
-from aiohttp_crossws_sse._outbox import Outbox, Scheduler
 from aiohttp_crossws_sse._registry import Namespace, Stats
+from aiohttp_crossws_sse._write import Outbox, Scheduler
 
 PEERS = 4
 TOPICS = 3

@@ -212,13 +212,13 @@ async def test_a_failure_while_writing_a_batch_never_leaves_a_topic_stuck(
     costs that batch, or that one peer, only: it is logged, and later
     publishes to the same topic reach every peer still open (the topic's
     batch is never left half-open)."""
-    from aiohttp_crossws_sse import _outbox
+    from aiohttp_crossws_sse._write import direct, outbox
 
     sse = sse_adapter(define_hooks(open=lambda p: (p.subscribe("a"), p.subscribe("b"))))
     client = await aiohttp_client(app_for(sse))
     readers = [EventReader(await client.get("/sse")) for _ in range(3)]
     await wait_until(lambda: len(sse.peers) == 3)
-    real = _outbox._os_write
+    real = direct.os_write
     failures = [RuntimeError("the transport broke")]
 
     def os_write(fd: int, data: Any) -> int:
@@ -226,7 +226,8 @@ async def test_a_failure_while_writing_a_batch_never_leaves_a_topic_stuck(
             raise failures.pop()
         return real(fd, data)
 
-    monkeypatch.setattr(_outbox, "_os_write", os_write)
+    monkeypatch.setattr(direct, "os_write", os_write)  # a batch's writes
+    monkeypatch.setattr(outbox, "_os_write", os_write)  # one peer's
     sse.publish("a", "a1")  # a write of this iteration meets the failure
     sse.publish("b", "b1")
     await wait_until(lambda: not failures)
