@@ -1,39 +1,32 @@
-"""``sse_adapter`` and ``SSEAdapter``: routes, the stream handler, lifecycle."""
+"""``sse_adapter`` and ``SSEAdapter``: the public adapter — routes, the app's
+lifecycle, publish, stats, shutdown (its request handlers: ``_handlers``)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
-from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp_sse import EventSourceResponse
+from aiohttp import web
 
 from ._boundary import on_the_loop
 from ._connection import Connection
 from ._frame import encode_retry
+from ._handlers import NO_MESSAGES, Handlers, refuse_messages
 from ._hooks import (
     Hooks,
     Resolver,
-    SSEError,
-    Upgrade,
     as_hooks,
-    invoke,
     logger,
     run_error_hooks,
-    run_upgrade,
     sse_error,
 )
-from ._logs import operator_log
 from ._options import Options
-from ._peer import REASON_SHUTDOWN, CloseDetails, Peer
-from ._post import receive, refuse
-from ._registry import PeerView, Registry
-from ._wire import PEER_ID_HEADER, ReadyState
+from ._peer import REASON_SHUTDOWN, CloseDetails, Peer, PeerView
+from ._registry import Registry
+from ._wire import ReadyState
 from .sync.base import SyncLink
 
 __all__ = ["ADAPTER_KEY", "SSEAdapter", "get_adapter", "sse_adapter"]
@@ -47,26 +40,12 @@ _SHARED_KEYS: web.AppKey[set[web.AppKey[SSEAdapter]]] = web.AppKey(
 )
 
 
-class _EventStream(EventSourceResponse):
-    """aiohttp-sse's response (headers, TCP user timeout, EOF handling) without
-    its per-stream ping task: one adapter-wide timer pings every peer, which
-    saves a task and a sleeping coroutine per connection."""
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return self._payload_writer
-        if request.version >= (1, 1):
-            self.enable_chunked_encoding()
-        self._set_tcp_user_timeout(request)
-        return await web.StreamResponse.prepare(self, request)
-
-
 @on_the_loop(
     lambda adapter: adapter._registry.guard,
     # stats(): a thread-safe snapshot; handler and start bind the loop; setup runs before it
     exempt=frozenset({"stats", "handler", "start", "setup", "bidir"}),
 )
-class SSEAdapter:
+class SSEAdapter(Handlers):
     """An SSE endpoint with crossws hooks, peers and pub/sub (see ``sse_adapter``).
 
     Call it from its event loop only (``stats()`` excepted): a call from
@@ -88,9 +67,9 @@ class SSEAdapter:
         self._resolve = resolve
         self._bidir = bidir
         if not bidir and self._hooks[0].message is not None:
-            warnings.warn(_NO_MESSAGES, UserWarning, stacklevel=3)
+            warnings.warn(NO_MESSAGES, UserWarning, stacklevel=3)
         self.options = Options.from_kwargs(options)
-        self._registry = Registry(self.options, self._relay_failed)
+        self._registry: Registry[Connection] = Registry(self.options, self._relay_failed)
         self._registry.adapter = self
         #: Unique per adapter; backplanes drop what they relayed themselves.
         self.instance_id = str(uuid.uuid4())
@@ -148,7 +127,7 @@ class SSEAdapter:
         if self._bidir:
             routes.append(app.router.add_post(path, self._message, **route_kwargs))
         elif self._hooks[0].message is not None:  # a 405 that says why
-            app.router.add_post(path, _refuse_messages, **route_kwargs)
+            app.router.add_post(path, refuse_messages, **route_kwargs)
         return routes
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
@@ -160,7 +139,7 @@ class SSEAdapter:
         if request.method == "POST" and self._bidir:
             return await self._message(request)
         if request.method == "POST":
-            return await _refuse_messages(request)
+            return await refuse_messages(request)
         raise web.HTTPMethodNotAllowed(request.method, ("GET", "POST") if self._bidir else ("GET",))
 
     def publish(
@@ -297,172 +276,6 @@ class SSEAdapter:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _hooks_for(self, request: web.Request) -> tuple[Hooks, ...]:
-        if self._resolve is None:
-            return self._hooks
-        resolved = await invoke(self._resolve, request)
-        if resolved is None:
-            return self._hooks
-        return (*self._hooks, as_hooks(resolved, "resolve()"))
-
-    async def _failed(
-        self, hooks: tuple[Hooks, ...], what: str, exc: BaseException
-    ) -> web.StreamResponse:
-        err = exc if isinstance(exc, SSEError) else sse_error(what, exc)
-        logger.error("%s", err, exc_info=err.__cause__ or err)
-        await run_error_hooks(hooks, None, err)
-        return web.Response(status=500, text="Internal Server Error")
-
-    def _namespace(self, request: web.Request, upgrade: Upgrade) -> str:
-        """The upgrade hook's namespace, else the option's, else the path."""
-        if upgrade.namespace is not None:
-            return upgrade.namespace
-        if self.options.namespace is not None:
-            name = self.options.namespace(request)
-            if not isinstance(name, str):
-                raise TypeError(f"option 'namespace' must return a str, not {type(name).__name__}")
-            return name
-        return request.path
-
-    def _unavailable(self) -> web.StreamResponse | None:
-        """503 while shutting down or at ``max_peers``."""
-        options = self.options
-        if self._closing:
-            why = "server shutting down"
-            operator_log.log(why, logging.INFO, "refused a stream with 503: %s", why)
-        elif options.max_peers is not None and len(self._registry.connections) >= options.max_peers:
-            why = "too many streams"
-            operator_log.log(
-                why,
-                logging.WARNING,
-                "refused a stream with 503: max_peers=%d reached",
-                options.max_peers,
-            )
-        else:
-            return None
-        self._registry.stats.peers_rejected += 1
-        return web.Response(
-            status=503,
-            text=f"Service Unavailable: {why}",
-            headers={"Retry-After": str(options.retry_after)},
-        )
-
-    def _warn_unbound(self) -> None:
-        if self._app is None and not self._unbound_warned:
-            self._unbound_warned = True
-            logger.error(
-                "SSEAdapter.handler is mounted without SSEAdapter.setup(app): app shutdown "
-                "will not close its streams (aiohttp then waits for them, and close hooks "
-                "see 'connection lost'). Add `sse.setup(app)` next to the route."
-            )
-
-    # -- the stream -------------------------------------------------------------
-
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        self._registry.guard.bind()  # (the bare handler may run without start())
-        self._warn_unbound()
-        hooks = self._hooks
-        try:
-            hooks = await self._hooks_for(request)
-            upgrade = await run_upgrade(hooks, request)
-            if upgrade.response is not None:
-                return _rejection(upgrade.response)
-            namespace = self._namespace(request, upgrade)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            return await self._failed(hooks, "upgrade failed", exc)
-        refused = self._unavailable()
-        if refused is not None:
-            return refused
-        peer_id = str(uuid.uuid4())
-        response = _EventStream(
-            send_timeout=self.options.send_timeout, ping_interval=self.options.keepalive
-        )
-        if upgrade.headers:
-            for name, value in upgrade.headers.items():
-                response.headers[name] = value
-        context = upgrade.context
-        del upgrade  # frame locals live as long as the stream
-        if self._bidir:
-            response.headers[PEER_ID_HEADER] = peer_id
-        transport = await self._prepare(request, response, hooks)
-        if transport is None:
-            return response
-        conn = Connection(request, self._registry, hooks, context, peer_id)
-        del context
-        conn.open(transport, namespace)
-        try:
-            await conn.run_open_hooks(announce_id=self._bidir)
-            if conn.replaying:
-                await conn.replay()
-            if await conn.ended:  # True: a graceful end
-                await conn.end_stream(request, response)
-        finally:
-            await conn.close_out(self._spawn)
-        return response
-
-    async def _prepare(
-        self, request: web.Request, response: web.StreamResponse, hooks: tuple[Hooks, ...]
-    ) -> asyncio.Transport | None:
-        """Send the stream's head; the transport, or ``None`` when the client is gone."""
-        if request.version < (1, 1):
-            # The body is close-delimited: no keep-alive (aiohttp-sse says it).
-            response.force_close()
-            response.headers[hdrs.CONNECTION] = "close"
-        try:
-            writer = await response.prepare(request)
-            send_headers = getattr(writer, "send_headers", None)
-            if send_headers is not None:
-                send_headers()  # our frames bypass the writer
-        except ConnectionError:
-            return None
-        except Exception as exc:
-            # Reported (error hooks, log); aiohttp answers 500 — or, when part
-            # of the head may have left, only dropping the connection is safe.
-            await self._failed(hooks, "preparing the stream failed", exc)
-            if request.transport is not None:
-                request.transport.abort()
-            raise
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return None
-        return transport
-
-    # -- bidirectional messages ---------------------------------------------------
-
-    async def _message(self, request: web.Request) -> web.StreamResponse:
-        # The upgrade hooks that admitted the stream — the global ones and
-        # those resolved for it (resolve() is not called again) — guard its
-        # POSTs too; of their outcome only the namespace counts. An unknown
-        # id meets the global hooks, so a refused client learns nothing.
-        peer_id = request.headers.get(PEER_ID_HEADER)
-        conn = self._registry.connections.get(peer_id) if peer_id else None
-        hooks = conn.hooks if conn is not None else self._hooks
-        try:
-            upgrade = await run_upgrade(hooks, request)
-            if upgrade.response is not None:
-                return _rejection(upgrade.response)
-            namespace = self._namespace(request, upgrade)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            return await self._failed(hooks, "upgrade failed", exc)
-        if not peer_id:
-            return refuse(request, f"missing {PEER_ID_HEADER} header", self.options)
-        # The id is a capability: one from another namespace is as unknown
-        # as a made-up one (and answered the same, so nothing leaks).
-        # (``conn.state`` first applies what a publish before did to it)
-        if conn is None or conn.state != ReadyState.OPEN or conn.peer.namespace != namespace:
-            return refuse(request, "unknown peer id", self.options)
-        return await receive(
-            request,
-            conn,
-            options=self.options,
-            stats=self._registry.stats,
-            spawn=self._spawn,
-        )
-
 
 async def _wait_closed(conns: list[Connection], timeout: float) -> list[Connection]:
     """Wait up to ``timeout`` for ``conns`` to close; returns those still open."""
@@ -472,12 +285,6 @@ async def _wait_closed(conns: list[Connection], timeout: float) -> list[Connecti
         for future in pending:
             future.cancel()
     return [c for c in conns if c.finalized != 2]
-
-
-def _rejection(response: web.StreamResponse) -> web.StreamResponse:
-    if isinstance(response, web.HTTPException):
-        raise response  # aiohttp deprecates returning them
-    return response
 
 
 def get_adapter(
@@ -537,19 +344,3 @@ def _signal(signal: object) -> _AppSignal:
     """``app.on_startup``/``on_shutdown``, typed the same on every aiohttp in
     our range (3.12.0's annotation disagrees with aiosignal 1.4's ``Signal``)."""
     return cast(_AppSignal, signal)
-
-
-_NO_MESSAGES = (
-    "a message hook without bidir=True never runs: clients cannot send; "
-    "create the adapter with sse_adapter(..., bidir=True) to accept their POSTs"
-)
-
-
-async def _refuse_messages(request: web.Request) -> web.StreamResponse:
-    """``POST`` to an adapter made without ``bidir``: 405, saying why."""
-    raise web.HTTPMethodNotAllowed(
-        "POST",
-        ("GET",),
-        text="this endpoint takes no messages: the server creates its adapter without "
-        "bidir=True (sse_adapter(..., bidir=True) accepts them over POST)",
-    )

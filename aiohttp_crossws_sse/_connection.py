@@ -57,7 +57,7 @@ class Connection:
     def __init__(
         self,
         request: web.Request,
-        registry: Registry,
+        registry: Registry[Connection],
         hooks: tuple[Hooks, ...],
         context: dict[str, Any] | None,
         peer_id: str,

@@ -6,18 +6,18 @@ outbox) is its ``Connection``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from ._boundary import on_the_loop
 from ._frame import encode_event
-from ._registry import PeerView
+from ._registry import Member
 from ._wire import LAST_EVENT_ID_HEADER, LAST_EVENT_ID_QUERY, ReadyState
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._registry import Registry
 
 __all__ = [
     "REASON_OPEN_FAILED",
@@ -26,12 +26,14 @@ __all__ = [
     "CloseDetails",
     "Peer",
     "PeerAdapter",
+    "PeerConnection",
+    "PeerView",
     "gave_event_id",
     "last_event_id",
 ]
 
 # Close reasons of the lifecycle (README "Close reasons"; the write path's
-# own are in _write.limits).
+# own are in _write.ends).
 REASON_TERMINATED = "terminated"
 REASON_SHUTDOWN = "server shutdown"
 REASON_OPEN_FAILED = "open hook failed"
@@ -81,6 +83,54 @@ class PeerAdapter(Protocol):
     def close(self) -> Awaitable[None]: ...
 
 
+class PeerView(Mapping[str, "Peer"]):
+    """A read-only ``Mapping[str, Peer]`` over connections by id."""
+
+    __slots__ = ("_connections",)
+
+    def __init__(self, connections: Mapping[str, Member]) -> None:
+        self._connections = connections
+
+    def __getitem__(self, key: str) -> Peer:
+        peer: Peer = self._connections[key].peer
+        return peer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._connections)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._connections
+
+    def __repr__(self) -> str:
+        return f"<peers {list(self._connections)}>"
+
+
+class PeerConnection(Member, Protocol):
+    """What a ``Peer`` asks of the machinery behind it (``Connection``)."""
+
+    @property
+    def registry(self) -> Registry[Any]: ...
+
+    @property
+    def state(self) -> ReadyState: ...
+
+    @property
+    def recovered(self) -> bool | None: ...
+
+    def subscribe(self, topic: str) -> None: ...
+
+    def unsubscribe(self, topic: str) -> None: ...
+
+    def end(self, details: CloseDetails, *, graceful: bool) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def wait_replayed(self) -> bool | None: ...
+
+
 class CloseDetails:
     """Why a peer closed: ``code`` and ``reason``, each possibly ``None``."""
 
@@ -105,7 +155,7 @@ class Peer:
 
     def __init__(
         self,
-        conn: Connection,
+        conn: PeerConnection,
         request: web.Request,
         context: dict[str, Any] | None,
         peer_id: str,

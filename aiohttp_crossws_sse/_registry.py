@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._boundary import LoopGuard
 from ._frame import KEEPALIVE_FRAME, encode_published, encode_text, to_text
@@ -14,36 +14,25 @@ from ._write import Fanout, Scheduler
 from .sync.base import Relayed
 
 if TYPE_CHECKING:
-    from ._connection import Connection
     from ._options import Options
-    from ._peer import Peer
     from ._write import Outbox
 
-__all__ = ["Namespace", "PeerView", "Registry", "Stats"]
+__all__ = ["Member", "Namespace", "Registry", "Stats"]
 
 
-class PeerView(Mapping[str, "Peer"]):
-    """A read-only ``Mapping[str, Peer]`` over connections by id."""
+class Member(Protocol):
+    """A peer's connection as the registry sees it (``Connection``)."""
 
-    __slots__ = ("_connections",)
+    namespace: Namespace | None
+    topics: str | set[str] | None
 
-    def __init__(self, connections: dict[str, Connection]) -> None:
-        self._connections = connections
+    @property
+    def peer(self) -> Any: ...  # its Peer (the registry reads its ``id``)
 
-    def __getitem__(self, key: str) -> Peer:
-        return self._connections[key].peer
+    @property
+    def outbox(self) -> Outbox: ...
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._connections)
-
-    def __len__(self) -> int:
-        return len(self._connections)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._connections
-
-    def __repr__(self) -> str:
-        return f"<peers {list(self._connections)}>"
+    def topic_list(self) -> tuple[str, ...]: ...
 
 
 class Namespace:
@@ -53,7 +42,7 @@ class Namespace:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[str, Member] = {}
         self.topics: dict[str, Fanout] = {}
 
     def join(self, topic: str, outbox: Outbox) -> None:
@@ -71,13 +60,16 @@ class Namespace:
             del self.topics[topic]  # no dead topics after churn
 
 
-class Registry:
+M = TypeVar("M", bound=Member)
+
+
+class Registry(Generic[M]):
     """Every open peer of one adapter, and the machinery to reach them."""
 
     def __init__(
         self,
         options: Options,
-        on_relay_error: Callable[[Peer | None, Exception], None] | None = None,
+        on_relay_error: Callable[[Any, Exception], None] | None = None,
     ) -> None:
         self.options = options
         self._on_relay_error = on_relay_error
@@ -87,7 +79,7 @@ class Registry:
         self.guard = LoopGuard(self.scheduler)
         #: The SSEAdapter these peers belong to (``Peer.adapter``).
         self.adapter: Any = None
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[str, M] = {}
         self.namespaces: dict[str, Namespace] = {}
         #: Event ids and replay (option ``history``); ``None`` when off.
         self.history: History | None = (
@@ -103,7 +95,7 @@ class Registry:
 
     # -- membership ---------------------------------------------------------
 
-    def add(self, conn: Connection, namespace: str) -> Namespace:
+    def add(self, conn: M, namespace: str) -> Namespace:
         """Register an open peer; returns its namespace."""
         ns = self.namespaces.get(namespace)
         if ns is None:
@@ -116,7 +108,7 @@ class Registry:
             self._keepalive_handle = loop.call_later(self.options.keepalive, self._keepalive)
         return ns
 
-    def remove(self, conn: Connection) -> None:
+    def remove(self, conn: M) -> None:
         """Forget a peer everywhere at once (idempotent)."""
         peer_id = conn.peer.id
         if self.connections.pop(peer_id, None) is None:
@@ -155,7 +147,7 @@ class Registry:
         *,
         event: str | None = None,
         namespace: str | None = None,
-        sender: Connection | None = None,
+        sender: M | None = None,
     ) -> None:
         """Encode once, hand the same frame to every local subscriber, relay."""
         if not isinstance(topic, str):
@@ -209,9 +201,7 @@ class Registry:
         sender = self.connections.get(message.sender) if message.sender is not None else None
         self._deliver(message.topic, frame, message.namespace, sender)
 
-    def _deliver(
-        self, topic: str, frame: bytes, namespace: str | None, sender: Connection | None
-    ) -> None:
+    def _deliver(self, topic: str, frame: bytes, namespace: str | None, sender: M | None) -> None:
         self.stats.frames_encoded += 1
         if namespace is None:
             for ns in tuple(self.namespaces.values()):
@@ -219,7 +209,7 @@ class Registry:
         elif (target := self.namespaces.get(namespace)) is not None:
             self._fanout(target, topic, frame, sender)
 
-    def _fanout(self, ns: Namespace, topic: str, frame: bytes, sender: Connection | None) -> None:
+    def _fanout(self, ns: Namespace, topic: str, frame: bytes, sender: M | None) -> None:
         entry = ns.topics.get(topic)
         if entry is None:
             return

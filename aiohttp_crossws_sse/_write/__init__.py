@@ -44,8 +44,8 @@ has caught up (``Connection.replay``), so the fan-out never meets a holding
 outbox and its fast path is unchanged.
 """
 
+from .ends import REASON_LOST, REASON_SLOW, REASON_STALLED, Owner
 from .fanout import Fanout
-from .limits import REASON_LOST, REASON_SLOW, REASON_STALLED, Owner
 from .outbox import Outbox
 from .scheduler import Scheduler
 

@@ -13,24 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._protocol import Forwarder
 from .direct import NO_SOCKET
+from .ends import REASON_SLOW, REASON_STALLED, Owner
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-__all__ = ["REASON_LOST", "REASON_SLOW", "REASON_STALLED", "HeldBytes", "Owner", "Release"]
-
-# Close reasons the write path gives (README "Close reasons").
-REASON_LOST = "connection lost"
-REASON_SLOW = "slow consumer"
-REASON_STALLED = "send timeout"
-
-
-class Owner(Protocol):
-    """Who an outbox reports to when the stream must end now."""
-
-    def end_abruptly(self, reason: str) -> None: ...
-
-    def dropped_events(self, count: int) -> None: ...
+__all__ = ["HeldBytes", "Release"]
 
 
 class Release(Protocol):

@@ -11,7 +11,7 @@ from .._frame import EAGER_WRITE, unchunk
 from .backpressure import Backpressure
 from .direct import NO_SOCKET, RETRY, socket_fd, spilled, unspilled
 from .direct import os_write as _os_write
-from .limits import REASON_LOST, REASON_STALLED
+from .ends import REASON_LOST, REASON_STALLED
 
 __all__ = ["Outbox"]
 

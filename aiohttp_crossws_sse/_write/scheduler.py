@@ -16,7 +16,7 @@ from operator import methodcaller
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._logs import operator_log
-from .limits import REASON_LOST, Owner
+from .ends import REASON_LOST, Owner
 
 if TYPE_CHECKING:
     from .._options import Options
