@@ -1,66 +1,33 @@
-"""What the network backplanes share: the wire envelope, batching, outages.
+"""The relay: what the network backplanes share but the client library.
 
-``RelaySync`` implements everything of a network backplane but the client
-library: one writer task that sends what was published in one loop iteration
-in one round trip, in publish order; a supervisor that listens, notices a lost
-connection, reports it, reconnects with backoff and resubscribes; reports of
-the publishes lost meanwhile, at a bounded rate (``_reports.py``). A backend
-(``redis.py``, ``postgres.py``) supplies the five primitives at the bottom of
-the class.
-
-The envelope, one per backplane message, is text::
-
-    1<instance id> <seq>\\n<body>
-
-``1`` is the format version; ``seq`` counts the envelopes of one instance, so
-a receiver notices the ones it missed. The body is a JSON array,
-``[topic, namespace, event, data, topic, namespace, event, data, ...]``: the
-publishes of one batch, in order. A backend may use another body of its own
-(Postgres: ``@<row id>`` for a payload stored in a table).
+``RelaySync`` queues what is published in one loop iteration and has one
+writer task send it in one round trip, in publish order, packed in envelopes
+(``_envelope.py``); a supervisor listens, notices a lost connection, reports
+it, reconnects with backoff and resubscribes; troubles are reported at a
+bounded rate (``_reports.py``). A backend (``redis.py``, ``postgres.py``)
+supplies the five primitives at the bottom of the class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from abc import abstractmethod
 from collections.abc import Awaitable
-from itertools import chain
-from operator import attrgetter
 
-from ._redact import quotes, redact, scrub
+from ._envelope import VERSION, pack_batch, publishes, read_header, unpack
+from ._redact import quotes, scrub
 from ._reports import MAX_SENDERS, GapReport, LossReport, OutageReport, logger, why
 from .base import Relayed, Sync, SyncLink
 
-__all__ = ["RelaySync", "body_size", "logger", "redact"]
+__all__ = ["RelaySync", "logger", "positive"]
 
-VERSION = "1"
-VERSION_IDS = "2"  # body: "<epoch> <first seq>\n" + JSON of (topic, namespace, event, data, sender)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-_decode = json.loads
-# bytes a message adds to a body beyond its strings: quotes, commas, nulls
-_OVERHEAD = 16
-# a guess at what a message adds beyond its data (topic, event, namespace, syntax)
-_GUESS = 64
-_FIELDS = attrgetter("topic", "namespace", "event", "data")
 _FIRST_RECONNECT_DELAY = 0.05
-_OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
 
 
-def utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
-
-
-def body_size(message: Relayed) -> int:
-    """UTF-8 bytes of the body that carries ``message`` alone, as ``pack``
-    encodes it: escapes (a quote takes 2 bytes, a control character 6) and
-    the topic, namespace and event count, not only the data's text."""
-    return utf8_len(_ENCODER.encode(_FIELDS(message)))
-
-
-def _positive(name: str, value: object) -> float:
+def positive(name: str, value: object) -> float:
+    """The value of a numeric option that must be > 0, as a float."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"option {name!r} must be a number, not {type(value).__name__}")
     if not value > 0:
@@ -107,10 +74,10 @@ class RelaySync(Sync):
         if not channel:
             raise ValueError("option 'channel' must be a non-empty str")
         self.channel = channel
-        self.heartbeat = _positive("heartbeat", heartbeat)
-        self.max_reconnect_delay = _positive("max_reconnect_delay", max_reconnect_delay)
-        self.report_interval = _positive("report_interval", report_interval)
-        self.send_timeout = _positive("send_timeout", send_timeout)
+        self.heartbeat = positive("heartbeat", heartbeat)
+        self.max_reconnect_delay = positive("max_reconnect_delay", max_reconnect_delay)
+        self.report_interval = positive("report_interval", report_interval)
+        self.send_timeout = positive("send_timeout", send_timeout)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int):
             raise TypeError(
                 f"option 'max_pending' must be an int, not {type(max_pending).__name__}"
@@ -246,44 +213,6 @@ class RelaySync(Sync):
         err.__cause__ = cause
         return err
 
-    def pack(self, batch: list[Relayed], data_bytes: int | None = None) -> list[str]:
-        """The envelopes carrying ``batch``, in order, each body at most
-        ``max_body`` bytes unless it holds a single bigger message.
-        ``data_bytes``: the summed length of the messages' data, if known."""
-        limit = self.max_body
-        if data_bytes is None:
-            data_bytes = sum(len(m.data) for m in batch)
-        if data_bytes + len(batch) * _GUESS <= limit:  # the usual case: one envelope
-            body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, batch))))
-            if len(batch) == 1 or utf8_len(body) <= limit:
-                return [self.header() + body]
-        envelopes: list[str] = []
-        group: list[Relayed] = []
-        size = 0
-        for m in batch:
-            cost = len(m.topic) + len(m.data) + _OVERHEAD
-            if m.event is not None:
-                cost += len(m.event)
-            if m.namespace is not None:
-                cost += len(m.namespace)
-            if group and size + cost > limit:
-                self._pack_group(group, envelopes)
-                group, size = [], 0
-            group.append(m)
-            size += cost
-        if group:
-            self._pack_group(group, envelopes)
-        return envelopes
-
-    def _pack_group(self, group: list[Relayed], out: list[str]) -> None:
-        body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, group))))
-        if len(group) > 1 and utf8_len(body) > self.max_body:
-            half = len(group) // 2  # escapes or multi-byte text made it bigger than guessed
-            self._pack_group(group[:half], out)
-            self._pack_group(group[half:], out)
-            return
-        out.append(self.header() + body)
-
     def header(self) -> str:
         """The next envelope header of this instance (takes a sequence number)."""
         self._seq += 1
@@ -298,24 +227,18 @@ class RelaySync(Sync):
         backplane, so every instance delivers every publish from there."""
         if envelope.startswith(self._own):
             return None
-        newline = envelope.find("\n")
-        space = envelope.find(" ", 0, newline)
-        if not envelope.startswith((VERSION, VERSION_IDS)) or space < 0:
+        header = read_header(envelope)
+        if header is None:
             self._malformed(envelope, None)
             return None
-        sender = envelope[1:space]
-        try:
-            seq = int(envelope[space + 1 : newline])
-        except ValueError:
-            self._malformed(envelope, None)
-            return None
+        sender, seq, body = header
         last = self._seqs.get(sender)
         if last is None and len(self._seqs) >= MAX_SENDERS:
             self._seqs.clear()
         self._seqs[sender] = seq
         if last is not None and seq > last + 1:
             self._gaps.missed(sender, seq - last - 1)
-        return envelope[newline + 1 :]
+        return body
 
     def deliver_body(self, body: str) -> None:
         """Hand the publishes of a JSON body to the local subscribers."""
@@ -323,25 +246,17 @@ class RelaySync(Sync):
         if link is None:
             return
         try:
-            flat = _decode(body)
-            if not isinstance(flat, list) or len(flat) % 4:
-                raise ValueError("not a list of (topic, namespace, event, data)")
+            flat = unpack(body)
         except ValueError as exc:
             self._malformed(body, exc)
             return
         deliver = link.deliver
-        items = iter(flat)
-        for topic, namespace, event, data in zip(items, items, items, items, strict=False):
-            if (
-                type(topic) is not str
-                or type(data) is not str
-                or type(namespace) not in _OPTIONAL_STR
-                or type(event) not in _OPTIONAL_STR
-            ):
+        for message in publishes(flat):
+            if message is None:
                 self._malformed(body, None)
                 continue
             try:
-                deliver(Relayed(topic, data, event, namespace))
+                deliver(message)
             except Exception as exc:  # a bad relayed event must not stop the listener
                 self.report(exc)
 
@@ -382,8 +297,10 @@ class RelaySync(Sync):
                 return
 
     async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
-        """Send one loop iteration's publishes (a backend may override)."""
-        await self._send(self.pack(batch, data_bytes))
+        """Send one loop iteration's publishes (a backend may override), in
+        envelopes of at most ``max_body`` bytes unless one holds a single bigger
+        message."""
+        await self._send(pack_batch(batch, self.max_body, self.header, data_bytes))
 
     def _unsent(self, batch: list[Relayed]) -> None:
         """``batch`` could not be relayed (already reported as lost): by the

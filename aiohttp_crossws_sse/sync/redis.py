@@ -20,8 +20,9 @@ from redis.backoff import AbstractBackoff
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
+from ._envelope import ENCODER, VERSION_IDS, publishes_with_ids, unpack_ids
 from ._redact import redact, secrets_of
-from ._relay import _ENCODER, _OPTIONAL_STR, VERSION_IDS, RelaySync, _positive
+from ._relay import RelaySync, positive
 from .base import Relayed, SyncLink
 
 
@@ -213,7 +214,7 @@ class RedisSync(RelaySync):
                 "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
                 f"{type(url_or_client).__name__}"
             )
-        self.fetch_timeout = _positive("fetch_timeout", fetch_timeout)
+        self.fetch_timeout = positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
@@ -277,9 +278,9 @@ class RedisSync(RelaySync):
                 args: list[Any] = [candidate, self._history, self.channel, "", "", self._streams]
                 for m in group:
                     flat += (m.topic, m.namespace, m.event, m.data, m.sender)
-                    args += (m.topic, _ENCODER.encode([m.namespace, m.event, m.data, m.sender]))
+                    args += (m.topic, ENCODER.encode([m.namespace, m.event, m.data, m.sender]))
                 args[3] = f"{VERSION_IDS}{self._own[1:]}{self._next_seq()}\n"
-                args[4] = _ENCODER.encode(flat)
+                args[4] = ENCODER.encode(flat)
                 await self._publish_script(keys=self._keys, args=args, client=pipe)
             await pipe.execute()
 
@@ -307,39 +308,22 @@ class RedisSync(RelaySync):
         link = self._link
         if link is None:
             return
-        newline = body.find("\n")
         try:
-            epoch, first_text = body[:newline].split(" ")
-            first = int(first_text)
-            flat = json.loads(body[newline + 1 :])
-            if not isinstance(flat, list) or len(flat) % 5:
-                raise ValueError("not a list of (topic, namespace, event, data, sender)")
+            epoch, first, flat = unpack_ids(body)
         except ValueError as exc:
             self._malformed(body, exc)
             return
-        items = iter(flat)
-        seq = first
-        for topic, namespace, event, data, sender in zip(
-            items, items, items, items, items, strict=False
-        ):
-            if (
-                type(topic) is not str
-                or type(data) is not str
-                or type(namespace) not in _OPTIONAL_STR
-                or type(event) not in _OPTIONAL_STR
-                or type(sender) not in _OPTIONAL_STR
-            ):
+        for seq, message in publishes_with_ids(epoch, first, flat):
+            if message is None:
                 self._malformed(body, None)
-            else:
-                if self._fetching:
-                    self._track(epoch, topic, seq)
-                self._live = (epoch, seq)
-                try:
-                    message = Relayed(topic, data, event, namespace, format_id(epoch, seq), sender)
-                    link.deliver(message)
-                except Exception as exc:
-                    self.report(exc)
-            seq += 1
+                continue
+            if self._fetching:
+                self._track(epoch, message.topic, seq)
+            self._live = (epoch, seq)
+            try:
+                link.deliver(message)
+            except Exception as exc:
+                self.report(exc)
         self._live_moved_on()
 
     async def fetch(
