@@ -1,180 +1,38 @@
-"""What the network backplanes share: the wire envelope, batching, outages.
+"""The relay: what the network backplanes share but the client library.
 
-``RelaySync`` implements everything of a network backplane but the client
-library: one writer task that sends what was published in one loop iteration
-in one round trip, in publish order; a supervisor that listens, notices a lost
-connection, reports it, reconnects with backoff and resubscribes; rate-limited
-reports of the publishes lost meanwhile. A backend (``redis.py``,
-``postgres.py``) supplies the five primitives at the bottom of the class.
-
-The envelope, one per backplane message, is text::
-
-    1<instance id> <seq>\\n<body>
-
-``1`` is the format version; ``seq`` counts the envelopes of one instance, so
-a receiver notices the ones it missed. The body is a JSON array,
-``[topic, namespace, event, data, topic, namespace, event, data, ...]``: the
-publishes of one batch, in order. A backend may use another body of its own
-(Postgres: ``@<row id>`` for a payload stored in a table).
+``RelaySync`` queues what is published in one loop iteration and has one
+writer task send it in one round trip, in publish order, packed in envelopes
+(``_envelope.py``); a supervisor listens, notices a lost connection, reports
+it, reconnects with backoff and resubscribes; troubles are reported at a
+bounded rate (``_reports.py``). A backend (``redis.py``, ``postgres.py``)
+supplies the five primitives at the bottom of the class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import random
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable
-from itertools import chain
-from operator import attrgetter
 
-from ._redact import quotes, redact, scrub
+from ._envelope import VERSION, pack_batch, publishes, read_header, unpack
+from ._redact import quotes, scrub
+from ._reports import MAX_SENDERS, GapReport, LossReport, OutageReport, logger, why
 from .base import Relayed, Sync, SyncLink
 
-__all__ = ["RelaySync", "body_size", "redact"]
+__all__ = ["RelaySync", "logger", "positive"]
 
-logger = logging.getLogger("aiohttp_crossws_sse.sync")
-
-VERSION = "1"
-VERSION_IDS = "2"  # body: "<epoch> <first seq>\n" + JSON of (topic, namespace, event, data, sender)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-_decode = json.loads
-# bytes a message adds to a body beyond its strings: quotes, commas, nulls
-_OVERHEAD = 16
-# a guess at what a message adds beyond its data (topic, event, namespace, syntax)
-_GUESS = 64
-_FIELDS = attrgetter("topic", "namespace", "event", "data")
 _FIRST_RECONNECT_DELAY = 0.05
-_LOSS_GRACE = 0.1  # seconds before the first report of publishes not relayed
-_MAX_SENDERS = 4096
-_OPTIONAL_STR = (str, type(None))  # instances whose sequence numbers are remembered
 
 
-def why(exc: BaseException | None) -> str:
-    """An exception as a reason: its message, or its type when it has none."""
-    if exc is None:
-        return "unknown"
-    return str(exc) or type(exc).__name__
-
-
-def utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
-
-
-def body_size(message: Relayed) -> int:
-    """UTF-8 bytes of the body that carries ``message`` alone, as ``pack``
-    encodes it: escapes (a quote takes 2 bytes, a control character 6) and
-    the topic, namespace and event count, not only the data's text."""
-    return utf8_len(_ENCODER.encode(_FIELDS(message)))
-
-
-def _positive(name: str, value: object) -> float:
+def positive(name: str, value: object) -> float:
+    """The value of a numeric option that must be > 0, as a float."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"option {name!r} must be a number, not {type(value).__name__}")
     if not value > 0:
         raise ValueError(f"option {name!r} must be > 0, got {value!r}")
     return float(value)
-
-
-def plural(n: int, word: str, suffix: str = "s") -> str:
-    return f"{n} {word}{suffix if n != 1 else ''}"
-
-
-class _Throttled(ABC):
-    """A count of one kind of trouble, reported at most once per
-    ``report_interval`` (the first after ``grace`` seconds, the rest summed)."""
-
-    grace = 0.0
-
-    def __init__(self, owner: RelaySync) -> None:
-        self._owner = owner
-        self.unreported = 0
-        self._last = -1e18
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, count: int) -> None:
-        self.unreported += count
-        if self._timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        due = max(self._last + self._owner.report_interval, loop.time() + self.grace)
-        if loop.time() >= due:
-            self.flush()
-        else:
-            self._timer = loop.call_at(due, self.flush)
-
-    def flush(self) -> None:
-        self._timer = None
-        if not self.unreported:
-            return
-        n, self.unreported = self.unreported, 0
-        self._last = asyncio.get_running_loop().time()
-        self._owner.report(self.error(n))
-
-    def cancel(self) -> int:
-        """Stop the timer; returns the count still unreported."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        n, self.unreported = self.unreported, 0
-        return n
-
-    @abstractmethod
-    def error(self, n: int) -> Exception:
-        """The report of ``n`` of them."""
-
-
-class _LossReport(_Throttled):
-    """Publishes not relayed while the connection was up (a batch that failed
-    or timed out, ``max_pending``); those of an outage are counted in the
-    outage's own reports."""
-
-    # A batch that fails as the connection drops usually fails before the
-    # listener notices: a moment's wait lets the outage count it instead
-    # (went_down takes what is unreported), so one outage stays one line.
-    grace = _LOSS_GRACE
-    cause: BaseException | None = None
-
-    def lost(self, count: int, cause: BaseException | None) -> None:
-        if cause is not None:
-            self.cause = cause
-        self.add(count)
-
-    def error(self, n: int) -> Exception:
-        owner, cause = self._owner, self.cause
-        reason = f": {owner.reason(cause)}" if cause is not None else ""
-        err = ConnectionError(
-            f"{plural(n, 'publish', 'es')} not relayed to the other instances "
-            f"through {owner.describe()}{reason}"
-        )
-        return owner.caused(err, cause)
-
-
-class _GapReport(_Throttled):
-    """Message batches other instances sent that never arrived here."""
-
-    def __init__(self, owner: RelaySync) -> None:
-        super().__init__(owner)
-        self.senders: set[str] = set()
-
-    def missed(self, sender: str, count: int) -> None:
-        if len(self.senders) < _MAX_SENDERS:
-            self.senders.add(sender)
-        self.add(count)
-
-    def error(self, n: int) -> Exception:
-        senders, self.senders = self.senders, set()
-        source = (
-            f"instance {next(iter(senders))}"
-            if len(senders) == 1
-            else plural(len(senders), "instance")
-        )
-        return ConnectionError(
-            f"missed {plural(n, 'message batch', 'es')} from {source} on "
-            f"{self._owner.describe()} (the connection was lost meanwhile, or they were never sent)"
-        )
 
 
 class RelaySync(Sync):
@@ -216,10 +74,10 @@ class RelaySync(Sync):
         if not channel:
             raise ValueError("option 'channel' must be a non-empty str")
         self.channel = channel
-        self.heartbeat = _positive("heartbeat", heartbeat)
-        self.max_reconnect_delay = _positive("max_reconnect_delay", max_reconnect_delay)
-        self.report_interval = _positive("report_interval", report_interval)
-        self.send_timeout = _positive("send_timeout", send_timeout)
+        self.heartbeat = positive("heartbeat", heartbeat)
+        self.max_reconnect_delay = positive("max_reconnect_delay", max_reconnect_delay)
+        self.report_interval = positive("report_interval", report_interval)
+        self.send_timeout = positive("send_timeout", send_timeout)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int):
             raise TypeError(
                 f"option 'max_pending' must be an int, not {type(max_pending).__name__}"
@@ -239,12 +97,13 @@ class RelaySync(Sync):
         self._supervisor: asyncio.Task[None] | None = None
         self._up = False
         self._closing = False
-        self._down_since = 0.0
         self._down_cause: BaseException | None = None
-        self._losses: _LossReport | None = None
-        self._gaps: _GapReport | None = None
-        self._outage_lost = 0  # publishes not relayed during the current outage
-        self._last_retry_report = -1e18
+        self._new_reports()
+
+    def _new_reports(self) -> None:
+        self._losses = LossReport(self)
+        self._gaps = GapReport(self)
+        self._outage = OutageReport(self, self._losses)
 
     # -- Sync ------------------------------------------------------------------------
 
@@ -255,8 +114,7 @@ class RelaySync(Sync):
             return
         loop = asyncio.get_running_loop()
         self._own = f"{VERSION}{link.instance_id} "
-        self._losses = _LossReport(self)
-        self._gaps = _GapReport(self)
+        self._new_reports()  # each run starts with its reports' clocks at zero
         self._closing = False
         failure: Exception | None = None
         try:
@@ -314,10 +172,8 @@ class RelaySync(Sync):
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
-        unreported, self._outage_lost = self._outage_lost, 0
-        if self._losses is not None and self._gaps is not None:
-            unreported += self._losses.cancel()
-            self._gaps.cancel()
+        unreported = self._outage.cancel() + self._losses.cancel()
+        self._gaps.cancel()
         if unreported:
             logger.warning(
                 "%d publishes not relayed through %s before shutdown",
@@ -357,44 +213,6 @@ class RelaySync(Sync):
         err.__cause__ = cause
         return err
 
-    def pack(self, batch: list[Relayed], data_bytes: int | None = None) -> list[str]:
-        """The envelopes carrying ``batch``, in order, each body at most
-        ``max_body`` bytes unless it holds a single bigger message.
-        ``data_bytes``: the summed length of the messages' data, if known."""
-        limit = self.max_body
-        if data_bytes is None:
-            data_bytes = sum(len(m.data) for m in batch)
-        if data_bytes + len(batch) * _GUESS <= limit:  # the usual case: one envelope
-            body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, batch))))
-            if len(batch) == 1 or utf8_len(body) <= limit:
-                return [self.header() + body]
-        envelopes: list[str] = []
-        group: list[Relayed] = []
-        size = 0
-        for m in batch:
-            cost = len(m.topic) + len(m.data) + _OVERHEAD
-            if m.event is not None:
-                cost += len(m.event)
-            if m.namespace is not None:
-                cost += len(m.namespace)
-            if group and size + cost > limit:
-                self._pack_group(group, envelopes)
-                group, size = [], 0
-            group.append(m)
-            size += cost
-        if group:
-            self._pack_group(group, envelopes)
-        return envelopes
-
-    def _pack_group(self, group: list[Relayed], out: list[str]) -> None:
-        body = _ENCODER.encode(list(chain.from_iterable(map(_FIELDS, group))))
-        if len(group) > 1 and utf8_len(body) > self.max_body:
-            half = len(group) // 2  # escapes or multi-byte text made it bigger than guessed
-            self._pack_group(group[:half], out)
-            self._pack_group(group[half:], out)
-            return
-        out.append(self.header() + body)
-
     def header(self) -> str:
         """The next envelope header of this instance (takes a sequence number)."""
         self._seq += 1
@@ -409,24 +227,18 @@ class RelaySync(Sync):
         backplane, so every instance delivers every publish from there."""
         if envelope.startswith(self._own):
             return None
-        newline = envelope.find("\n")
-        space = envelope.find(" ", 0, newline)
-        if not envelope.startswith((VERSION, VERSION_IDS)) or space < 0:
+        header = read_header(envelope)
+        if header is None:
             self._malformed(envelope, None)
             return None
-        sender = envelope[1:space]
-        try:
-            seq = int(envelope[space + 1 : newline])
-        except ValueError:
-            self._malformed(envelope, None)
-            return None
+        sender, seq, body = header
         last = self._seqs.get(sender)
-        if last is None and len(self._seqs) >= _MAX_SENDERS:
+        if last is None and len(self._seqs) >= MAX_SENDERS:
             self._seqs.clear()
         self._seqs[sender] = seq
-        if last is not None and seq > last + 1 and self._gaps is not None:
+        if last is not None and seq > last + 1:
             self._gaps.missed(sender, seq - last - 1)
-        return envelope[newline + 1 :]
+        return body
 
     def deliver_body(self, body: str) -> None:
         """Hand the publishes of a JSON body to the local subscribers."""
@@ -434,25 +246,17 @@ class RelaySync(Sync):
         if link is None:
             return
         try:
-            flat = _decode(body)
-            if not isinstance(flat, list) or len(flat) % 4:
-                raise ValueError("not a list of (topic, namespace, event, data)")
+            flat = unpack(body)
         except ValueError as exc:
             self._malformed(body, exc)
             return
         deliver = link.deliver
-        items = iter(flat)
-        for topic, namespace, event, data in zip(items, items, items, items, strict=False):
-            if (
-                type(topic) is not str
-                or type(data) is not str
-                or type(namespace) not in _OPTIONAL_STR
-                or type(event) not in _OPTIONAL_STR
-            ):
+        for message in publishes(flat):
+            if message is None:
                 self._malformed(body, None)
                 continue
             try:
-                deliver(Relayed(topic, data, event, namespace))
+                deliver(message)
             except Exception as exc:  # a bad relayed event must not stop the listener
                 self.report(exc)
 
@@ -465,8 +269,8 @@ class RelaySync(Sync):
 
     def _lost(self, count: int, cause: BaseException | None) -> None:
         if not self._up:
-            self._outage_lost += count  # in the outage's reports (see _reconnect)
-        elif self._losses is not None:
+            self._outage.lost += count  # in the outage's reports (see _reconnect)
+        else:
             self._losses.lost(count, cause)
 
     async def _write_loop(self) -> None:
@@ -493,8 +297,10 @@ class RelaySync(Sync):
                 return
 
     async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
-        """Send one loop iteration's publishes (a backend may override)."""
-        await self._send(self.pack(batch, data_bytes))
+        """Send one loop iteration's publishes (a backend may override), in
+        envelopes of at most ``max_body`` bytes unless one holds a single bigger
+        message."""
+        await self._send(pack_batch(batch, self.max_body, self.header, data_bytes))
 
     def _unsent(self, batch: list[Relayed]) -> None:
         """``batch`` could not be relayed (already reported as lost): by the
@@ -520,17 +326,7 @@ class RelaySync(Sync):
             return
         self._up = False
         self._down_cause = cause
-        # The next report of this outage comes report_interval from now (if
-        # it lasts), with the publishes not relayed so far — this one's
-        # losses not yet reported among them.
-        self._down_since = self._last_retry_report = asyncio.get_running_loop().time()
-        self._outage_lost = self._losses.cancel() if self._losses is not None else 0
-        err = ConnectionError(
-            f"lost the connection to {self.describe()}: {self.reason(cause)}; "
-            "local peers are still served, publishes are not relayed until it is back "
-            "(reconnecting)"
-        )
-        self.report(self.caused(err, cause))
+        self._outage.began(cause)
         await self._quiet(self._unsubscribe())
 
     async def _reconnect(self) -> None:
@@ -551,40 +347,10 @@ class RelaySync(Sync):
             except Exception as exc:
                 self._down_cause = exc
                 await self._quiet(self._unsubscribe())
-                self._still_down(attempts, exc)
+                self._outage.still_down(attempts, exc)
         self._up = True
         self._down_cause = None
-        self._back_up()
-
-    def _still_down(self, attempts: int, exc: Exception) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._last_retry_report < self.report_interval:
-            return
-        self._last_retry_report = now
-        lost = self._outage_lost
-        so_far = f"; {plural(lost, 'publish', 'es')} not relayed so far" if lost else ""
-        err = ConnectionError(
-            f"still cannot reach {self.describe()} after {plural(attempts, 'attempt')} "
-            f"({now - self._down_since:.1f} s down): {self.reason(exc)}{so_far}"
-        )
-        self.report(self.caused(err, exc))
-
-    def _back_up(self) -> None:
-        """The one line of a reconnect: an error report (log and ``error``
-        hooks) when publishes were lost meanwhile, else a warning."""
-        lost, self._outage_lost = self._outage_lost, 0
-        missed = self._missed_meanwhile()
-        down = asyncio.get_running_loop().time() - self._down_since
-        text = (
-            f"reconnected to {self.describe()} after {down:.1f} s; "
-            f"local publishes not relayed meanwhile: {lost}"
-        )
-        if missed:
-            text += f"; publishes of the cluster missed meanwhile: {missed}"
-        if lost or missed:
-            self.report(ConnectionError(text))
-        else:
-            logger.warning("%s", text)
+        self._outage.over(self._missed_meanwhile())
 
     def _missed_meanwhile(self) -> int | None:
         """How many publishes of other instances the outage just over missed,

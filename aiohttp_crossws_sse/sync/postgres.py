@@ -13,8 +13,9 @@ from typing import Any
 
 import asyncpg
 
+from ._envelope import body_size, utf8_len
 from ._redact import redact, secrets_of
-from ._relay import RelaySync, body_size, logger, utf8_len
+from ._relay import RelaySync, logger
 from .base import Relayed
 
 __all__ = ["PostgresSync"]
@@ -202,7 +203,7 @@ class PostgresSync(RelaySync):
 
     async def _store(self, publisher: asyncpg.Connection[asyncpg.Record], envelope: str) -> None:
         # Unreachable: with table=None, publish() refuses every message whose body
-        # alone is over max_body, and pack() splits batches down to single messages.
+        # alone is over max_body, and pack_batch() splits batches down to single messages.
         if self.table is None:
             raise ValueError(f"a message of {utf8_len(envelope)} bytes needs table= set")
         newline = envelope.index("\n") + 1
