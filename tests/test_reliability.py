@@ -73,6 +73,8 @@ async def test_stalled_client_closed_by_policy_others_get_everything(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(APPS / "broadcast_server.py"), stdout=asyncio.subprocess.PIPE
     )
+    readers: list[asyncio.Future[int]] = []
+    stalled: RawClient | None = None
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
@@ -90,9 +92,6 @@ async def test_stalled_client_closed_by_policy_others_get_everything(
                         return n
             return events - 1
 
-        readers = [asyncio.ensure_future(healthy()) for _ in range(50)]
-        stalled = await RawClient.open(base, "/sse?role=stalled", rcvbuf=4096)
-
         async def stats() -> dict[str, Any]:
             async with session.get(base + "/stats") as r:
                 result: dict[str, Any] = await r.json()
@@ -102,10 +101,16 @@ async def test_stalled_client_closed_by_policy_others_get_everything(
             async with session.get(base + "/rss") as r:
                 return int(await r.text())
 
-        for _ in range(500):
-            if (await stats())["peers"] == 51:
-                break
-            await asyncio.sleep(0.01)
+        readers += [asyncio.ensure_future(healthy()) for _ in range(50)]
+        stalled = await RawClient.open(base, "/sse?role=stalled", rcvbuf=4096)
+
+        async def all_connected() -> bool:
+            return bool((await stats())["peers"] == 51)
+
+        # Every client must be in before the burst: a reader that came late
+        # would miss events and wait for them forever (on a loaded machine
+        # the 51 connections may take a while; this waits, it never guesses).
+        await wait_until(all_connected, timeout=60)
         before = await rss()
         async with session.get(base + f"/publish?n={n}&size={size}") as r:
             assert r.status == 200
@@ -115,10 +120,22 @@ async def test_stalled_client_closed_by_policy_others_get_everything(
         assert final["slow_consumers"] == 1
         growth_mib = (await rss() - before) / 1024
         assert growth_mib < 64, f"server RSS grew {growth_mib:.1f} MiB"
-        stalled.reset()
     finally:
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 30)
+        # Our clients go first, whatever happened above, so that the
+        # server's shutdown waits for nobody.
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        if stalled is not None:
+            stalled.reset()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)  # a bound, not a measurement
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("the server did not exit within 30 s of SIGINT") from None
 
 
 async def test_drop_oldest_counts_and_keeps_newest(aiohttp_client: Any) -> None:
