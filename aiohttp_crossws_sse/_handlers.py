@@ -79,6 +79,21 @@ class Handlers:
             return self._hooks
         return (*self._hooks, as_hooks(resolved, "resolve()"))
 
+    async def _upgrade(
+        self, hooks: tuple[Hooks, ...], request: web.Request
+    ) -> tuple[Upgrade, str] | web.StreamResponse:
+        """Run the upgrade hooks: their outcome and the namespace, or the
+        response that refuses the request (a hook's, or a 500)."""
+        try:
+            upgrade = await run_upgrade(hooks, request)
+            if upgrade.response is not None:
+                return _rejection(upgrade.response)
+            return upgrade, self._namespace(request, upgrade)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            return await self._failed(hooks, "upgrade failed", exc)
+
     async def _failed(
         self, hooks: tuple[Hooks, ...], what: str, exc: BaseException
     ) -> web.StreamResponse:
@@ -138,14 +153,14 @@ class Handlers:
         hooks = self._hooks
         try:
             hooks = await self._hooks_for(request)
-            upgrade = await run_upgrade(hooks, request)
-            if upgrade.response is not None:
-                return _rejection(upgrade.response)
-            namespace = self._namespace(request, upgrade)
         except web.HTTPException:
             raise
         except Exception as exc:
             return await self._failed(hooks, "upgrade failed", exc)
+        admitted = await self._upgrade(hooks, request)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        upgrade, namespace = admitted
         refused = self._unavailable()
         if refused is not None:
             return refused
@@ -157,7 +172,7 @@ class Handlers:
             for name, value in upgrade.headers.items():
                 response.headers[name] = value
         context = upgrade.context
-        del upgrade  # frame locals live as long as the stream
+        del upgrade, admitted  # frame locals live as long as the stream
         if self._bidir:
             response.headers[PEER_ID_HEADER] = peer_id
         transport = await self._prepare(request, response, hooks)
@@ -213,15 +228,10 @@ class Handlers:
         peer_id = request.headers.get(PEER_ID_HEADER)
         conn = self._registry.connections.get(peer_id) if peer_id else None
         hooks = conn.hooks if conn is not None else self._hooks
-        try:
-            upgrade = await run_upgrade(hooks, request)
-            if upgrade.response is not None:
-                return _rejection(upgrade.response)
-            namespace = self._namespace(request, upgrade)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            return await self._failed(hooks, "upgrade failed", exc)
+        admitted = await self._upgrade(hooks, request)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        namespace = admitted[1]
         if not peer_id:
             return refuse(request, f"missing {PEER_ID_HEADER} header", self.options)
         # The id is a capability: one from another namespace is as unknown
