@@ -246,3 +246,45 @@ async def test_a_failure_while_writing_a_batch_never_leaves_a_topic_stuck(
         reader.response.close()
     assert served >= 2
     assert "the write path failed writing" in caplog.text
+
+
+async def test_a_graceful_end_while_a_replay_is_fetched_never_reorders(
+    aiohttp_client: Any,
+) -> None:
+    """The peer closes gracefully while its replay's fetch is still pending
+    (a backplane's history is a network read): the replay is given up, never
+    written after what the hooks sent meanwhile."""
+    peers: list[Peer] = []
+    sse = sse_adapter(
+        define_hooks(open=lambda p: (p.subscribe("t"), peers.append(p), p.send("welcome"))),
+        history=10,
+    )
+    client = await aiohttp_client(app_for(sse))
+    first = EventReader(await client.get("/sse"))
+    await wait_until(lambda: bool(sse.peers))
+    sse.publish("t", "one")
+    events = [await first.next(), await first.next()]
+    one_id = events[-1].id
+    first.response.close()
+    await wait_until(lambda: not sse.peers)
+    sse.publish("t", "two")
+    history = sse._registry.history
+    assert history is not None
+    release = asyncio.Event()
+
+    class SlowSource:  # the history, read as a backplane's would be: over a network
+        async def fetch(self, *args: Any) -> Any:
+            await release.wait()  # the window a network read leaves open
+            return await history.fetch(*args)
+
+        def caught_up(self, replay: Any) -> bool:
+            return history.caught_up(replay)
+
+    sse._registry.replay_source = SlowSource()
+    resp = await client.get(f"/sse?lastEventId={one_id}")
+    await wait_until(lambda: len(sse.peers) == 1)
+    peers[-1].close()
+    release.set()
+    body = await asyncio.wait_for(resp.content.read(), 10)
+    data = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert data in ([b"two", b"welcome"], [b"welcome"]), data

@@ -31,12 +31,16 @@ class Backpressure(HeldBytes):
         if self.batch is not None:
             self.batch.release(self)
         self.holding = True
+        self.hold_ended = False
 
     def end_hold(self) -> None:
         """End ``hold``: what was queued meanwhile follows the replay."""
         if not self.holding:
             return
         self.holding = False
+        # What the replay would write from now on would follow what was
+        # queued during it: out of order. Its writes are refused instead.
+        self.hold_ended = True
         transport = self.transport
         if transport is not None and not transport.is_closing():
             # What the transport holds now is the replay's: exempt from the
@@ -51,7 +55,12 @@ class Backpressure(HeldBytes):
         waiting while the client is slow instead of applying the
         slow-consumer policy (for replays). Frames leave joined in writes of
         about ``_REPLAY_WRITE`` bytes, and the loop runs other callbacks
-        between two writes. Returns ``False`` if the stream ended first."""
+        between two writes. Returns ``False`` if the stream ended first, or
+        if the ``hold`` it was to be written under has ended (a graceful end
+        while the replay was fetched: the replay is given up, never written
+        after the live frames)."""
+        if self.hold_ended:
+            return False
         self.sched.settle()
         if self.batch is not None:
             self.batch.release(self)

@@ -45,6 +45,7 @@ class HeldBytes(Forwarder):
         "discarded",
         "dropped",
         "fd",
+        "hold_ended",
         "holding",
         "live_unsent",
         "owner",
@@ -78,6 +79,7 @@ class HeldBytes(Forwarder):
         self.dropped = 0  # events discarded by the "drop-oldest" policy
         # A replay is being written: the queue waits behind it (see hold()).
         self.holding = False
+        self.hold_ended = False  # a hold ended: its replay writes are refused
         # While a replay's bytes may still be in the transport: the bytes
         # written to it after them (the transport is FIFO, so of what it
         # holds, at most this much is live and counts against max_buffer).
