@@ -44,6 +44,7 @@ _SHARED_KEYS: web.AppKey[set[web.AppKey[SSEAdapter]]] = web.AppKey(
     lambda adapter: adapter._registry.guard,
     # stats(): a thread-safe snapshot; handler and start bind the loop; setup runs before it
     exempt=frozenset({"stats", "handler", "start", "setup", "bidir"}),
+    thread_only=frozenset({"publish"}),  # a burst of publishes stays one lazy batch
 )
 class SSEAdapter(Handlers):
     """An SSE endpoint with crossws hooks, peers and pub/sub (see ``sse_adapter``).

@@ -4,7 +4,9 @@ Every public method and property of ``Peer`` and ``SSEAdapter`` — today's
 and any added later: the ``on_the_loop`` class decorator wraps them all —
 first checks that it runs on the thread of the adapter's event loop, then
 settles the write path (its lazy batch binds its subscribers), so no public
-call can observe or change a half-done state:
+call can observe or change a half-done state (``publish`` only checks the
+thread: it observes no subscriber, and the write path takes a publish into
+its lazy batch itself, so a burst stays one batch):
 
 * a call from another thread is refused with ``RuntimeError`` before it
   changes anything (a thread reaches the loop with
@@ -54,6 +56,13 @@ class LoopGuard:
             self.refuse(what)
         self.sched.settle()
 
+    def check_thread(self, what: str) -> None:
+        """The thread check alone: for ``publish``, which observes no
+        subscriber (the write path takes a publish into the lazy batch
+        itself; settling first would bind a burst at every publish)."""
+        if get_ident() != self.thread:
+            self.refuse(what)
+
     def refuse(self, what: str) -> None:
         """Not on the loop's thread (or no thread bound yet): bind this one
         if it runs a loop and none was bound, else raise."""
@@ -77,35 +86,46 @@ _T = TypeVar("_T", bound=type)
 
 
 def on_the_loop(
-    guard_of: Callable[[Any], LoopGuard], *, exempt: frozenset[str]
+    guard_of: Callable[[Any], LoopGuard],
+    *,
+    exempt: frozenset[str],
+    thread_only: frozenset[str] = frozenset(),
 ) -> Callable[[_T], _T]:
     """Wrap every public method and property of the class (but ``exempt``)
-    in ``LoopGuard.enter``; ``guard_of(instance)`` finds the guard."""
+    in ``LoopGuard.enter`` (``thread_only`` ones: ``LoopGuard.check_thread``);
+    ``guard_of(instance)`` finds the guard."""
 
     def wrap(cls: _T) -> _T:
         for name, member in list(vars(cls).items()):
             if name.startswith("_") or name in exempt:
                 continue
             what = f"{cls.__name__}.{name}"
+            settles = name not in thread_only
             if isinstance(member, property) and member.fget is not None:
-                setattr(
-                    cls,
-                    name,
-                    property(_guarded(member.fget, what, guard_of), member.fset, member.fdel),
-                )
+                fget = _guarded(member.fget, what, guard_of, settles)
+                setattr(cls, name, property(fget, member.fset, member.fdel))
             elif callable(member) and not isinstance(member, (staticmethod, classmethod, type)):
-                setattr(cls, name, _guarded(member, what, guard_of))
+                setattr(cls, name, _guarded(member, what, guard_of, settles))
         return cls
 
     return wrap
 
 
 def _guarded(
-    fn: Callable[..., Any], what: str, guard_of: Callable[[Any], LoopGuard]
+    fn: Callable[..., Any], what: str, guard_of: Callable[[Any], LoopGuard], settles: bool
 ) -> Callable[..., Any]:
+    if settles:
+
+        @functools.wraps(fn)
+        def call(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            guard_of(self).enter(what)
+            return fn(self, *args, **kwargs)
+
+        return call
+
     @functools.wraps(fn)
-    def call(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-        guard_of(self).enter(what)
+    def checked(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        guard_of(self).check_thread(what)
         return fn(self, *args, **kwargs)
 
-    return call
+    return checked

@@ -144,7 +144,11 @@ class CloseDetails:
         return f"CloseDetails(code={self.code!r}, reason={self.reason!r})"
 
 
-@on_the_loop(lambda peer: peer._conn.registry.guard, exempt=frozenset())
+@on_the_loop(
+    lambda peer: peer._conn.registry.guard,
+    exempt=frozenset(),
+    thread_only=frozenset({"publish"}),  # the write path settles a sender's publish itself
+)
 class Peer:
     """One connected client: an open event stream, its topics and its context.
 
