@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ._adapter import ADAPTER_KEY, SSEAdapter, get_adapter, sse_adapter
-from ._hooks import Hooks, SSEError, define_hooks
+from ._errors import BackplaneError, SSEError
+from ._hooks import Hooks, define_hooks
 from ._message import Message
 from ._peer import CloseDetails, Peer
 from ._wire import ReadyState
 
 __all__ = [
     "ADAPTER_KEY",
+    "BackplaneError",
     "CloseDetails",
     "Hooks",
     "Message",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiohttp import web
 
+from ._errors import SSEError
+
 if TYPE_CHECKING:
     from ._message import Message
     from ._peer import CloseDetails, Peer
@@ -40,10 +42,6 @@ OpenHook: TypeAlias = Callable[["Peer"], "None | Awaitable[None]"]
 MessageHook: TypeAlias = Callable[["Peer", "Message"], "None | Awaitable[None]"]
 CloseHook: TypeAlias = Callable[["Peer", "CloseDetails"], "None | Awaitable[None]"]
 ErrorHook: TypeAlias = Callable[["Peer | None", "SSEError"], "None | Awaitable[None]"]
-
-
-class SSEError(Exception):
-    """What the ``error`` hook receives; ``__cause__`` is the original exception."""
 
 
 class Hooks:
