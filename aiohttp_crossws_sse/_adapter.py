@@ -145,12 +145,18 @@ class SSEAdapter(Handlers):
 
     def publish(
         self, topic: str, data: Any, *, event: str | None = None, namespace: str | None = None
-    ) -> None:
+    ) -> Awaitable[str | None]:
         """Deliver to every subscriber of ``topic`` (in ``namespace``, or everywhere).
 
         A plain method: it encodes once, queues, and returns; it never waits
-        for a client."""
-        self._registry.publish(topic, data, event=event, namespace=namespace)
+        for a client. Not awaiting its result is fire-and-forget (no warning,
+        no cost). ``await`` it to wait until the backplane took the event (at
+        once without one): it gives the event's id with history on, else
+        ``None``, and raises ``BackplaneError`` when the backplane could not
+        take it (the event still reached this instance's subscribers). A
+        handler that awaits its publish before it answers gives a client
+        that publishes one request after another causal order."""
+        return self._registry.publish(topic, data, event=event, namespace=namespace)
 
     def stats(self) -> dict[str, int]:
         """Counters: peers, topics, events encoded/delivered/dropped, slow consumers.
@@ -233,6 +239,8 @@ class SSEAdapter(Handlers):
             await sync.start(link)
             if self.options.history and sync.assigns_ids:
                 self._registry.use_backplane_ids(sync)
+            elif sync.ordered:
+                self._registry.backplane_delivers = True
 
     def _bind(self, app: web.Application) -> None:
         if self._app is app:
