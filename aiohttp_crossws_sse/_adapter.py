@@ -24,7 +24,7 @@ from ._hooks import (
     sse_error,
 )
 from ._options import Options
-from ._peer import REASON_SHUTDOWN, CloseDetails, Peer, PeerView
+from ._peer import REASON_RESUME, REASON_SHUTDOWN, CloseDetails, Peer, PeerView
 from ._registry import Registry
 from ._wire import ReadyState
 from .sync.base import SyncLink
@@ -235,6 +235,7 @@ class SSEAdapter(Handlers):
                 deliver=self._registry.deliver_relayed,
                 report=lambda exc: self._relay_failed(None, exc, "backplane failed"),
                 history=self.options.history,
+                resync=self._resync,
             )
             await sync.start(link)
             if self.options.history and sync.assigns_ids:
@@ -261,6 +262,27 @@ class SSEAdapter(Handlers):
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
+
+    def _resync(self) -> None:
+        """The backplane was down and this instance may have missed publishes
+        of the others. With history, no stream may go on as if complete:
+        every stream ends gracefully (code 1012), so its client resumes from
+        its last id — replayed from the cluster's history (RedisSync), or
+        ``recovered`` False where this instance's own history has the gap
+        (it starts a new epoch). Without history there is nothing to resume."""
+        if not self.options.history:
+            return
+        registry = self._registry
+        registry.history_gap()
+        conns = list(registry.connections.values())
+        if conns:
+            logger.warning(
+                "ending %d streams after the backplane outage: their clients resume "
+                "from their last event id",
+                len(conns),
+            )
+        for conn in conns:
+            conn.end(CloseDetails(1012, REASON_RESUME), graceful=True)
 
     def _relay_failed(
         self, peer: Peer | None, exc: Exception, what: str = "backplane publish failed"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASON_OPEN_FAILED",
+    "REASON_RESUME",
     "REASON_SHUTDOWN",
     "REASON_TERMINATED",
     "CloseDetails",
@@ -36,6 +37,9 @@ __all__ = [
 # own are in _write.ends).
 REASON_TERMINATED = "terminated"
 REASON_SHUTDOWN = "server shutdown"
+#: After a backplane outage that may have cost this instance publishes (with
+#: history): the client resumes from its last id.
+REASON_RESUME = "backplane outage: resume"
 REASON_OPEN_FAILED = "open hook failed"
 
 MAX_EVENT_ID_LENGTH = 256

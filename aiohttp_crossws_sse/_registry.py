@@ -136,6 +136,14 @@ class Registry(Generic[M]):
         self.history = None
         self.replay_source = source
 
+    def history_gap(self) -> None:
+        """This instance may have missed publishes (a backplane outage): its
+        own history can no longer prove a replay complete, so it starts a new
+        epoch (ids from before give ``recovered`` False)."""
+        if self.history is not None:
+            self.history = History(self.options.history, self.options.history_max_age)
+            self.replay_source = self.history
+
     def topic_count(self) -> int:
         # A copy: a metrics scrape may run in another thread while the loop
         # adds and removes namespaces.

@@ -203,12 +203,15 @@ class StreamHistory:
         """Where the cluster's history stands (after subscribing: what is
         published from now on is delivered here)."""
         epoch, seq = await client.mget(list(self._keys[:2]))
-        self._outage_missed = None
+        live_epoch, live_seq = self.live
+        # No epoch: nothing was published since Redis lost its data (or ever).
+        self._outage_missed = 0
         if epoch is not None:
-            live_epoch, live_seq = self.live
             seq_n = int(seq or 0)
             if _text(epoch) == live_epoch:
                 self._outage_missed = max(0, seq_n - live_seq)
+            elif live_epoch is not None:  # Redis lost the history: all of the new one
+                self._outage_missed = seq_n
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self.live = (_text(epoch), seq_n)
                 self._restart_tracking(seq_n)  # a jump: what lies before was not delivered

@@ -429,11 +429,16 @@ class RelaySync(Sync):
                 self._outage.still_down(attempts, exc)
         self._up = True
         self._down_cause = None
-        self._outage.over(self._missed_meanwhile())
+        missed = self._missed_meanwhile()
+        self._outage.over(missed)
+        link = self._link
+        if missed != 0 and link is not None and link.resync is not None:
+            link.resync()
 
     def _missed_meanwhile(self) -> int | None:
         """How many publishes of other instances the outage just over missed,
-        when the backend can tell (it then reports none of them as gaps)."""
+        when the backend can tell (it then reports none of them as gaps);
+        ``None``: it cannot (maybe some)."""
         return None
 
     @staticmethod

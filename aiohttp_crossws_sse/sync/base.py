@@ -44,12 +44,17 @@ class SyncLink:
     ``history``: the adapter's ``history`` option (events kept per topic;
     ``0``: off); a backend that can keep the cluster's history sets
     ``assigns_ids`` when it is on.
+    ``resync``: the backplane was down and this instance may have missed
+    publishes of the others (an outage; ``None`` = maybe): with history on,
+    the adapter then makes its streams resume from their last id, so that
+    no client goes on believing it has seen everything.
     """
 
     instance_id: str
     deliver: Callable[[Relayed], str | None]
     report: Callable[[Exception], None]
     history: int = 0
+    resync: Callable[[], None] | None = None
 
 
 class Sync(ABC):
