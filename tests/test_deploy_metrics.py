@@ -2,10 +2,12 @@
 
 gunicorn runs ``tests/apps/metrics_node.py`` with ``deploy/gunicorn.conf.py``
 (two workers, ``PROMETHEUS_MULTIPROC_DIR`` in its environment) behind
-Debian's nginx running ``deploy/nginx.conf``; streams and scrapes go through
-nginx. A worker is paused (SIGSTOP, by its PID) so that the other one takes
-the next connections: that is how the streams are spread and how each worker
-is made to answer a scrape. Waits poll with a deadline; nothing is timed.
+Debian's nginx running ``deploy/nginx.conf``. The streams go through nginx;
+the scrapes go to gunicorn's address, the port every worker shares, as
+Prometheus would (nginx faces the internet). A worker is paused (SIGSTOP,
+by its PID) so that the other one takes the next connections: that is how
+the streams are spread and how each worker is made to answer a scrape.
+Waits poll with a deadline; nothing is timed.
 
 Under ``CI=true`` a missing nginx or gunicorn fails the test; elsewhere it
 skips with the reason (tests/test_deploy.py's helpers).
@@ -103,7 +105,7 @@ async def test_gunicorn_two_workers_one_scrape_shows_every_peer(tmp_path: Path) 
     try:
         await server.listening()
         await proxy.start(server.port)
-        url = proxy.url
+        url, metrics = proxy.url, server.url
         async with aiohttp.ClientSession() as session:
             streams: list[tuple[int, EventSourceClient]] = []
             try:
@@ -118,13 +120,13 @@ async def test_gunicorn_two_workers_one_scrape_shows_every_peer(tmp_path: Path) 
                 assert [pid for pid, _ in streams] == [a, b, b, b, a, a]
 
                 # one scrape shows all 6 (once both workers wrote their figures) ...
-                _, figures = await scrape_until(url, "6 peers", lambda f: f.get(PEERS) == 6)
+                _, figures = await scrape_until(metrics, "6 peers", lambda f: f.get(PEERS) == 6)
                 assert figures[OPENED] == 6, figures
                 assert figures[CLOSED] == 0, figures
                 # ... whichever worker answers it (a paused one writes nothing new)
                 for worker, other in ((a, b), (b, a)):
                     with server.paused(other):
-                        answered, again = await scrape(url)
+                        answered, again = await scrape(metrics)
                     assert answered == worker
                     for name in (PEERS, OPENED, CLOSED):
                         assert again[name] == figures[name], (worker, again)
@@ -133,14 +135,14 @@ async def test_gunicorn_two_workers_one_scrape_shows_every_peer(tmp_path: Path) 
                 # the gauge; its counts stay in the totals
                 assert is_ours(server, a)
                 os.kill(a, signal.SIGKILL)
-                _, figures = await scrape_until(url, "3 peers", lambda f: f.get(PEERS) == 3)
+                _, figures = await scrape_until(metrics, "3 peers", lambda f: f.get(PEERS) == 3)
                 assert figures[OPENED] == 6, figures
             finally:
                 for _, client in streams:
                     await client.close()
             # b's streams closed by their clients
             _, figures = await scrape_until(
-                url, "0 peers, 3 closed", lambda f: f.get(PEERS) == 0 and f.get(CLOSED) == 3
+                metrics, "0 peers, 3 closed", lambda f: f.get(PEERS) == 0 and f.get(CLOSED) == 3
             )
             assert figures[OPENED] == 6, figures
 
