@@ -30,16 +30,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 try:
-    from prometheus_client import REGISTRY, Counter, Gauge
-    from prometheus_client import values as _values
+    from prometheus_client import REGISTRY
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.exposition import choose_encoder, gzip_accepted
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -54,6 +51,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from aiohttp import hdrs, web
 
 from ._adapter import SSEAdapter
+from ._prometheus_files import (
+    DESCRIPTIONS,
+    GAUGES,
+    LABELS,
+    MULTIPROC_ENV,
+    PREFIX,
+    doc,
+    multiprocess_dir,
+    process_figures,
+)
 
 __all__ = [
     "DESCRIPTIONS",
@@ -67,31 +74,6 @@ __all__ = [
     "unregister",
 ]
 
-#: Every metric name starts with it.
-PREFIX = "crossws_sse_"
-
-#: The ``stats()`` keys that are current values; every other key is a counter.
-GAUGES = frozenset({"peers", "topics"})
-
-#: prometheus_client's multiprocess mode is on when this names a directory.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-#: HELP text by ``stats()`` key (a key missing here gets a generic one).
-DESCRIPTIONS: dict[str, str] = {
-    "peers": "Open SSE streams (peers), now.",
-    "topics": "Topics with at least one subscriber, now (summed over namespaces).",
-    "peers_opened": "SSE streams opened (peers registered).",
-    "peers_closed": "Peers closed (their close hooks ran), for any reason.",
-    "peers_rejected": "Streams refused with 503: max_peers reached or shutting down.",
-    "frames_encoded": "Events encoded: one per peer.send(), one per publish().",
-    "deliveries": "Events queued for a peer (a publish to N subscribers counts N).",
-    "events_dropped": "Queued events discarded for slow peers (slow_consumer='drop-oldest').",
-    "slow_consumers": "Peers closed for holding more than max_buffer (slow_consumer='close').",
-    "send_timeouts": "Peers aborted because their writes stayed blocked for send_timeout.",
-    "messages_received": "Client messages (bidir POSTs) handed to the message hooks.",
-}
-
-_LABELS = ("adapter",)
 log = logging.getLogger("aiohttp_crossws_sse")
 
 
@@ -170,113 +152,8 @@ class SSECollector(Collector):
 
 def _family(key: str) -> GaugeMetricFamily | CounterMetricFamily:
     if key in GAUGES:
-        return GaugeMetricFamily(PREFIX + key, _doc(key), labels=_LABELS)
-    return CounterMetricFamily(PREFIX + key, _doc(key), labels=_LABELS)  # "_total" is added
-
-
-def _doc(key: str) -> str:
-    return DESCRIPTIONS.get(key) or f"SSEAdapter.stats()[{key!r}]."
-
-
-# -- multiprocess mode: this process's figures, written to its files ----------------------
-
-
-@dataclass
-class _Written:
-    adapter: SSEAdapter
-    name: str
-    registry: CollectorRegistry  # whose unregister() ends it
-    counted: dict[str, int] = field(default_factory=dict)  # counter values already added
-
-
-class _ProcessFigures:
-    """This process's adapters, written to ``PROMETHEUS_MULTIPROC_DIR``.
-
-    Gauges are ``livesum`` (a dead process's leave with ``mark_process_dead``);
-    counters grow by what ``stats()`` gained since the last write, so a dead
-    worker's counts stay in the totals and a later adapter of the same name
-    in this process continues them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._written: dict[str, _Written] = {}
-        self._metrics: dict[str, Gauge | Counter] = {}
-
-    def add(self, adapter: SSEAdapter, name: str, registry: CollectorRegistry) -> None:
-        with self._lock:
-            for held in self._written.values():
-                if held.adapter is adapter or held.name == name:
-                    raise ValueError(
-                        f"{held.name!r} is already exported by this process: in multiprocess "
-                        "mode an adapter and a name are registered once, whatever the registry"
-                    )
-            self._written[name] = held = _Written(adapter, name, registry)
-            self._write(held)
-
-    def remove(self, adapter: SSEAdapter, registry: CollectorRegistry) -> None:
-        with self._lock:
-            for held in list(self._written.values()):
-                if held.adapter is adapter and held.registry is registry:
-                    self._unexport(held)
-
-    def write(self, adapter: SSEAdapter | None = None) -> None:
-        """Write ``adapter``'s figures (default: every adapter's) to the files."""
-        with self._lock:
-            for held in self._written.values():
-                if adapter is None or held.adapter is adapter:
-                    self._write(held)
-
-    def _unexport(self, held: _Written) -> None:
-        self._write(held)  # what it counted last
-        del self._written[held.name]
-        for key in GAUGES:  # no longer part of the sums
-            if key in self._metrics:
-                cast(Gauge, self._metrics[key]).labels(held.name).set(0)
-
-    def _write(self, held: _Written) -> None:
-        for key, value in held.adapter.stats().items():
-            metric = self._metrics.get(key)
-            if metric is None:  # registry=None: the files are what is served
-                metric = self._metrics[key] = (
-                    Gauge(
-                        PREFIX + key, _doc(key), _LABELS, registry=None, multiprocess_mode="livesum"
-                    )
-                    if key in GAUGES
-                    else Counter(PREFIX + key, _doc(key), _LABELS, registry=None)
-                )
-            child = metric.labels(held.name)  # a series from the start, 0 included
-            if isinstance(child, Gauge):
-                child.set(value)
-                continue
-            gained = value - held.counted.get(key, 0)
-            if gained > 0:
-                child.inc(gained)
-                held.counted[key] = value
-
-
-_process_figures = _ProcessFigures()
-
-
-def multiprocess_dir() -> str | None:
-    """``PROMETHEUS_MULTIPROC_DIR`` when prometheus_client runs in its
-    multiprocess mode, else ``None``; ``RuntimeError`` when the mode is half
-    on (the variable set after prometheus_client was imported, which decides
-    at import; or naming no directory)."""
-    path = os.environ.get(MULTIPROC_ENV)
-    mmaped = bool(getattr(_values.ValueClass, "_multiprocess", False))
-    if not path and not mmaped:
-        return None
-    if not mmaped:
-        raise RuntimeError(
-            f"{MULTIPROC_ENV} was set after prometheus_client was imported (it decides "
-            "at import): set it in the environment the server (gunicorn) starts with"
-        )
-    if not path or not os.path.isdir(path):
-        raise RuntimeError(
-            f"{MULTIPROC_ENV}={path!r} is not a directory: create it before the server "
-            "starts (deploy/gunicorn.conf.py does)"
-        )
-    return path
+        return GaugeMetricFamily(PREFIX + key, doc(key), labels=LABELS)
+    return CounterMetricFamily(PREFIX + key, doc(key), labels=LABELS)  # "_total" is added
 
 
 async def _write_every(adapter: SSEAdapter, interval: float, registry: CollectorRegistry) -> None:
@@ -284,7 +161,7 @@ async def _write_every(adapter: SSEAdapter, interval: float, registry: Collector
     failed = False
     while not _closed(adapter):
         try:
-            _process_figures.write(adapter)
+            process_figures.write(adapter)
         except Exception:  # a broken exporter must not end the worker
             if not failed:
                 log.exception("prometheus: writing %s's figures failed", adapter.path)
@@ -356,7 +233,7 @@ def register(
             collector.add(adapter, name)
         if shared:
             try:
-                _process_figures.add(adapter, name, registry)
+                process_figures.add(adapter, name, registry)
             except BaseException:
                 unregister(adapter, registry=registry)
                 raise
@@ -394,7 +271,7 @@ def unregister(adapter: SSEAdapter, *, registry: CollectorRegistry = REGISTRY) -
     mode its last figures are written: counts stay in the totals, gauges
     leave the sums."""
     with _collectors_lock:
-        _process_figures.remove(adapter, registry)
+        process_figures.remove(adapter, registry)
         collector = _collectors.get(registry)
         if collector is None or not collector.remove(adapter):
             return False
@@ -432,7 +309,7 @@ def metrics_handler(
 
     async def metrics(request: web.Request) -> web.Response:
         if shared:
-            _process_figures.write()  # this worker's figures, exact
+            process_figures.write()  # this worker's figures, exact
         encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, ())))
         names = request.query.getall("name[]", ())
         body = encoder(source.restricted_registry(names) if names else source)
