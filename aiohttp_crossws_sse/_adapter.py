@@ -17,6 +17,7 @@ from ._frame import encode_retry
 from ._handlers import NO_MESSAGES, Handlers, refuse_messages
 from ._hooks import (
     Hooks,
+    HooksLike,
     Resolver,
     as_hooks,
     logger,
@@ -54,7 +55,7 @@ class SSEAdapter(Handlers):
 
     def __init__(
         self,
-        hooks: object = None,
+        hooks: HooksLike | None = None,
         *,
         resolve: Resolver | None = None,
         bidir: bool = False,
@@ -350,7 +351,7 @@ def get_adapter(
 
 
 def sse_adapter(
-    hooks: object = None,
+    hooks: HooksLike | None = None,
     *,
     resolve: Resolver | None = None,
     bidir: bool = False,
@@ -358,8 +359,9 @@ def sse_adapter(
 ) -> SSEAdapter:
     """Create an SSE adapter.
 
-    ``hooks``: ``define_hooks(...)``, a ``dict`` of hook names, or an object
-    with hook attributes. ``resolve``: ``(request) -> hooks | None``, called
+    ``hooks``: ``define_hooks(...)`` or a ``dict`` of hook names (typed:
+    ``HooksDict``); an object with hook attributes also works at run time,
+    untyped. ``resolve``: ``(request) -> hooks | None``, called
     once per connection; its hooks run after the global ones. ``bidir``:
     accept client messages over ``POST``. Options: see the README; a bad
     value raises ``ValueError``/``TypeError`` naming the option.
