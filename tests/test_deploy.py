@@ -509,6 +509,89 @@ def test_nginx_conf_directives() -> None:
     assert directives(sse_location(shown[0])) == location, "the doc and deploy/nginx.conf differ"
 
 
+# -- refusals an EventSource retries (option refusal) --------------------------------------
+
+
+def refusal_app(sse: Any) -> web.Application:
+    app = web.Application()
+    sse.setup(app, "/sse")
+    return app
+
+
+async def assert_retry_answer(answer: aiohttp.ClientResponse, why: str, retry: int) -> None:
+    """A 200 event stream with a comment saying ``why``, ``retry:`` and its end."""
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "text/event-stream"
+    assert answer.headers["Cache-Control"] == "no-cache"
+    assert "Retry-After" not in answer.headers
+    reader = EventReader(answer)
+    assert await reader.rest(WAIT) == []  # the stream ends, with no event
+    assert reader.comments == [" " + why]
+    assert reader.parser.retry == retry
+    assert not re.search(rb"^id", bytes(reader.raw), re.M), reader.raw
+
+
+async def test_refusal_retry_at_max_peers(aiohttp_client: Any) -> None:
+    calls: list[str] = []
+    sse = sse_adapter(
+        define_hooks(
+            upgrade=lambda request: calls.append("upgrade"),
+            open=lambda peer: (calls.append("open"), peer.send("in")),
+        ),
+        max_peers=1,
+        refusal="retry",
+        retry_after=3,
+    )
+    client = await aiohttp_client(refusal_app(sse))
+    held = await client.get("/sse")
+    assert (await EventReader(held).next(WAIT)).data == "in"
+    refused = await client.get("/sse")
+    await assert_retry_answer(refused, "too many streams", 3000)
+    assert calls == ["upgrade", "open", "upgrade"]  # nothing beyond the upgrade hook
+    assert sse.stats()["peers_rejected"] == 1
+    held.close()
+    await wait_until(lambda: not sse.peers, WAIT, "the first stream's end")
+    admitted = await client.get("/sse")  # a slot is free again
+    assert (await EventReader(admitted).next(WAIT)).data == "in"
+    admitted.close()
+
+
+async def test_refusal_retry_while_shutting_down(aiohttp_client: Any) -> None:
+    """The shutdown refusal follows the option too: a stream that arrives
+    while the adapter closes is told to retry (at the next instance)."""
+    sse = sse_adapter(refusal="retry", retry_after=2)
+    client = await aiohttp_client(refusal_app(sse))
+    await sse.close()
+    await assert_retry_answer(await client.get("/sse"), "server shutting down", 2000)
+    assert sse.stats()["peers_rejected"] == 1
+
+
+async def test_refusal_default_is_503(aiohttp_client: Any) -> None:
+    sse = sse_adapter(max_peers=1)
+    assert sse.options.refusal == "503"
+    client = await aiohttp_client(refusal_app(sse))
+    held = await client.get("/sse")
+    refused = await client.get("/sse")
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "5"
+    held.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"refusal": 503}, TypeError),
+        ({"refusal": None}, TypeError),
+        ({"refusal": "410"}, ValueError),
+        ({"refusal": "Retry"}, ValueError),
+        ({"refusal": "retry", "retry_after": 0}, ValueError),  # browsers would loop at once
+    ],
+)
+def test_refusal_is_validated(options: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error, match=r"^option 'refusal'"):
+        sse_adapter(**options)
+
+
 # -- gunicorn ----------------------------------------------------------------------------
 
 
