@@ -54,7 +54,7 @@ from aiohttp_crossws_sse import (
 )
 from aiohttp_crossws_sse.client import EventSourceClient, SSEClientError, connect
 from aiohttp_crossws_sse.testing import EventReader, wait_until
-from tests.backplanes import RedisServer, redis_server_fixture  # noqa: F401
+from tests.backplanes import RedisServer, redis_server_fixture, running_redis  # noqa: F401
 from tests.browser import conftest as browser_conftest
 from tests.conftest import keepalives_written
 
@@ -1291,8 +1291,8 @@ async def test_browser_resumes_across_a_gunicorn_restart(fallback: bool, chromiu
     workers, RedisSync, history: the doc's command) through the doc's
     keepEventSource, while another instance of the cluster publishes every
     50 ms. gunicorn is stopped; once the page has met the gap, it is started
-    again on the same port. The page gets every event exactly once, in
-    order, then ``recovered`` true.
+    again on the same port. The page gets every event exactly once and in
+    order, those of the gap included, and ``recovered`` true.
 
     ``nginx-answers``: nginx answers the gap with its retry stream, and the
     EventSource never gives up (readyState never 2). ``page-reopens``: without
@@ -1300,7 +1300,6 @@ async def test_browser_resumes_across_a_gunicorn_restart(fallback: bool, chromiu
     keepEventSource opens a new EventSource with ``lastEventId``."""
     from aiohttp_crossws_sse.sync import RedisSync
     from deploy.app import ROOM
-    from tests.backplanes import running_redis
 
     gunicorn_installed()
     binary = nginx_binary()
