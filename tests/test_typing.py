@@ -88,7 +88,7 @@ MISTAKES = {
     "a bare function instead of hooks": ("bad = sse_adapter(open_)", "arg-type"),
     "a misspelt hook name in a dict": (
         'bad = sse_adapter({"opne": open_})',
-        "typeddict-unknown-key",
+        "arg-type",
     ),
     "a misspelt upgrade-result key": (
         'def up2(request: web.Request) -> UpgradeAccept:\n    return {"namespce": "/x"}',
