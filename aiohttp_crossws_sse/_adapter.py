@@ -7,7 +7,7 @@ import asyncio
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, Unpack, cast
 
 from aiohttp import web
 
@@ -24,7 +24,7 @@ from ._hooks import (
     run_error_hooks,
     sse_error,
 )
-from ._options import Options
+from ._options import AdapterOptions, Options
 from ._peer import REASON_RESUME, REASON_SHUTDOWN, CloseDetails, Peer, PeerView
 from ._registry import Registry
 from ._wire import ReadyState
@@ -59,7 +59,7 @@ class SSEAdapter(Handlers):
         *,
         resolve: Resolver | None = None,
         bidir: bool = False,
-        **options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self._hooks: tuple[Hooks, ...] = (as_hooks(hooks),) if hooks is not None else (Hooks(),)
         if resolve is not None and not callable(resolve):
@@ -70,7 +70,7 @@ class SSEAdapter(Handlers):
         self._bidir = bidir
         if not bidir and self._hooks[0].message is not None:
             warnings.warn(NO_MESSAGES, UserWarning, stacklevel=3)
-        self.options = Options.from_kwargs(options)
+        self.options = Options.from_kwargs(dict(options))
         self._registry: Registry[Connection] = Registry(self.options, self._relay_failed)
         self._registry.adapter = self
         #: Unique per adapter; backplanes drop what they relayed themselves.
@@ -355,7 +355,7 @@ def sse_adapter(
     *,
     resolve: Resolver | None = None,
     bidir: bool = False,
-    **options: Any,
+    **options: Unpack[AdapterOptions],
 ) -> SSEAdapter:
     """Create an SSE adapter.
 

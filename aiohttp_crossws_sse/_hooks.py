@@ -21,10 +21,10 @@ __all__ = [
     "Hooks",
     "HooksDict",
     "HooksLike",
-    "UpgradeAccept",
-    "UpgradeResult",
     "SSEError",
     "Upgrade",
+    "UpgradeAccept",
+    "UpgradeResult",
     "define_hooks",
     "invoke",
     "logger",
@@ -39,7 +39,6 @@ logger = logging.getLogger("aiohttp_crossws_sse")
 _FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
-
 
 
 class UpgradeAccept(TypedDict, total=False):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from aiohttp import web
 
-__all__ = ["MAX_SEND_TIMEOUT", "Options"]
+if TYPE_CHECKING:
+    from .sync.base import Sync
+
+__all__ = ["MAX_SEND_TIMEOUT", "AdapterOptions", "Options"]
 
 _POLICIES = ("close", "drop-oldest")
 _REFUSALS = ("503", "retry")
@@ -33,6 +36,31 @@ def _integer(name: str, value: Any, *, allow_none: bool = False, minimum: int = 
         raise TypeError(f"option {name!r} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"option {name!r} must be >= {minimum}, got {value!r}")
+
+
+class AdapterOptions(TypedDict, total=False):
+    """The keyword options of ``sse_adapter`` as types (README "Options"):
+    a misspelt name or a value of the wrong type is a type error — and a
+    ``TypeError``/``ValueError`` naming the option at run time."""
+
+    keepalive: float
+    max_buffer: int
+    slow_consumer: Literal["close", "drop-oldest"]
+    send_timeout: float | None
+    max_peers: int | None
+    max_message_size: int
+    namespace: Callable[[web.Request], str] | None
+    sync: Sync | None
+    history: int
+    history_max_age: float | None
+    retry: int | None
+    shutdown_retry: int | None
+    shutdown_timeout: float
+    retry_after: int
+    refusal: Literal["503", "retry"]
+    max_receive_buffer: int
+    max_posts_per_peer: int | None
+    receive_timeout: float | None
 
 
 @dataclass(frozen=True, slots=True)

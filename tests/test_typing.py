@@ -77,6 +77,19 @@ def resolve(request: web.Request) -> HooksDict | None:
 
 
 sse4 = sse_adapter(resolve=resolve)
+sse5 = sse_adapter(
+    hooks,
+    keepalive=15,
+    max_buffer=1 << 20,
+    slow_consumer="drop-oldest",
+    send_timeout=None,
+    max_peers=100,
+    history=1000,
+    history_max_age=60.0,
+    retry=2000,
+    refusal="retry",
+    retry_after=2,
+)
 """
 
 # Each mistake: a line appended to GOOD, and what mypy must say about it.
@@ -93,6 +106,12 @@ MISTAKES = {
     "a misspelt upgrade-result key": (
         'def up2(request: web.Request) -> UpgradeAccept:\n    return {"namespce": "/x"}',
         "typeddict-unknown-key",
+    ),
+    "a misspelt option": ("bad = sse_adapter(max_bufer=1024)", "call-arg"),
+    "an option of the wrong type": ('bad = sse_adapter(keepalive="15")', "arg-type"),
+    "an option value not among the choices": (
+        'bad = sse_adapter(slow_consumer="drop")',
+        "arg-type",
     ),
     "a hook with the wrong signature": ("bad = define_hooks(open=lambda: None)", "arg-type"),
     "not awaiting is fine, but a publish result is not an id": (
