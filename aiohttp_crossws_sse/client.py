@@ -503,7 +503,8 @@ class EventSourceClient:
         a redirect itself (a redirected POST would reach no peer). When that
         redirect left the stream's origin, the ``Authorization`` and
         ``Cookie`` headers given as ``headers`` are not sent, as aiohttp did
-        not send them for the stream.
+        not send them for the stream (and a session with credentials of its
+        own, ``auth`` or default headers, raises :class:`SSEClientError`).
 
         Raises :class:`SSEClientError` without a peer id or when the status
         is not 2xx (a redirect included: the message was not delivered),
@@ -518,13 +519,22 @@ class EventSourceClient:
             )
         body, content_type = encode_message(data)
         target = self._response.url if self._response is not None else self.url
+        session = self._get_session()
         headers = CIMultiDict(self._request_headers)
         if self._credentials_dropped:
+            if session.auth is not None or any(name in session.headers for name in CREDENTIALS):
+                # aiohttp adds a session's own credentials to every request.
+                raise SSEClientError(
+                    f"send to {target}: the stream was redirected there from another "
+                    f"origin ({self.url.origin()}), so aiohttp sent it none of the "
+                    "session's credentials; send() will not either, and cannot remove "
+                    "the session's own (its auth or headers): use a session without them"
+                )
             for name in CREDENTIALS:
                 headers.popall(name, None)
         headers[CROSSWS_ID_HEADER] = self.id
         headers["Content-Type"] = content_type
-        return await post_message(self._get_session(), target, body, headers, self.send_timeout)
+        return await post_message(session, target, body, headers, self.send_timeout)
 
 
 #: ``connect(url, **options)``: a client for the SSE endpoint ``url``; the

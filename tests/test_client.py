@@ -687,6 +687,35 @@ async def test_send_after_a_cross_origin_redirect_keeps_credentials_home(
     assert seen == [("GET", None), ("POST", None)]
 
 
+async def test_send_after_a_cross_origin_redirect_refuses_a_sessions_credentials(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    # A session's own credentials go with every request it makes: send()
+    # cannot strip them, so it refuses rather than hand them to the other
+    # origin. (A session's auth= is refused the same way; aiohttp deprecates
+    # BasicAuth, so it is not tested here.)
+    seen: list[tuple[str, str | None]] = []
+    messages: list[tuple[str, str]] = []
+    there = await aiohttp_server(bidir_app(seen, messages, []))
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(str(there.make_url("/sse")))
+
+    here = web.Application()
+    here.router.add_route("*", "/sse", moved)
+    url = (await aiohttp_server(here)).make_url("/sse")
+    sessions = [
+        lambda: aiohttp.ClientSession(headers={"Authorization": "Bearer t"}),
+        lambda: aiohttp.ClientSession(headers={"Cookie": "a=b"}),
+    ]
+    for make_session in sessions:
+        async with make_session() as session, connect(url, session=session) as client:
+            with pytest.raises(SSEClientError, match="redirected there from another origin"):
+                await client.send("hello")
+    assert [method for method, _ in seen] == ["GET", "GET"]  # no POST went there
+    assert messages == []
+
+
 async def test_send_answered_with_a_redirect_raises(aiohttp_server: AiohttpServer) -> None:
     streams = 0
 
