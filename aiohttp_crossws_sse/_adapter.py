@@ -7,7 +7,7 @@ import asyncio
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, Unpack, cast
 
 from aiohttp import web
 
@@ -17,14 +17,15 @@ from ._frame import encode_retry
 from ._handlers import NO_MESSAGES, Handlers, refuse_messages
 from ._hooks import (
     Hooks,
+    HooksLike,
     Resolver,
     as_hooks,
     logger,
     run_error_hooks,
     sse_error,
 )
-from ._options import Options
-from ._peer import REASON_SHUTDOWN, CloseDetails, Peer, PeerView
+from ._options import AdapterOptions, Options
+from ._peer import REASON_RESUME, REASON_SHUTDOWN, CloseDetails, Peer, PeerView
 from ._registry import Registry
 from ._wire import ReadyState
 from .sync.base import SyncLink
@@ -54,11 +55,11 @@ class SSEAdapter(Handlers):
 
     def __init__(
         self,
-        hooks: object = None,
+        hooks: HooksLike | None = None,
         *,
         resolve: Resolver | None = None,
         bidir: bool = False,
-        **options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self._hooks: tuple[Hooks, ...] = (as_hooks(hooks),) if hooks is not None else (Hooks(),)
         if resolve is not None and not callable(resolve):
@@ -69,7 +70,7 @@ class SSEAdapter(Handlers):
         self._bidir = bidir
         if not bidir and self._hooks[0].message is not None:
             warnings.warn(NO_MESSAGES, UserWarning, stacklevel=3)
-        self.options = Options.from_kwargs(options)
+        self.options = Options.from_kwargs(dict(options))
         self._registry: Registry[Connection] = Registry(self.options, self._relay_failed)
         self._registry.adapter = self
         #: Unique per adapter; backplanes drop what they relayed themselves.
@@ -145,12 +146,18 @@ class SSEAdapter(Handlers):
 
     def publish(
         self, topic: str, data: Any, *, event: str | None = None, namespace: str | None = None
-    ) -> None:
+    ) -> Awaitable[str | None]:
         """Deliver to every subscriber of ``topic`` (in ``namespace``, or everywhere).
 
         A plain method: it encodes once, queues, and returns; it never waits
-        for a client."""
-        self._registry.publish(topic, data, event=event, namespace=namespace)
+        for a client. Not awaiting its result is fire-and-forget (no warning,
+        no cost). ``await`` it to wait until the backplane took the event (at
+        once without one): it gives the event's id with history on, else
+        ``None``, and raises ``BackplaneError`` when the backplane could not
+        take it (the event still reached this instance's subscribers). A
+        handler that awaits its publish before it answers gives a client
+        that publishes one request after another causal order."""
+        return self._registry.publish(topic, data, event=event, namespace=namespace)
 
     def stats(self) -> dict[str, int]:
         """Counters: peers, topics, events encoded/delivered/dropped, slow consumers.
@@ -229,10 +236,13 @@ class SSEAdapter(Handlers):
                 deliver=self._registry.deliver_relayed,
                 report=lambda exc: self._relay_failed(None, exc, "backplane failed"),
                 history=self.options.history,
+                resync=self._resync,
             )
             await sync.start(link)
             if self.options.history and sync.assigns_ids:
                 self._registry.use_backplane_ids(sync)
+            elif sync.ordered:
+                self._registry.backplane_delivers = True
 
     def _bind(self, app: web.Application) -> None:
         if self._app is app:
@@ -253,6 +263,27 @@ class SSEAdapter(Handlers):
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
+
+    def _resync(self) -> None:
+        """The backplane was down and this instance may have missed publishes
+        of the others. With history, no stream may go on as if complete:
+        every stream ends gracefully (code 1012), so its client resumes from
+        its last id — replayed from the cluster's history (RedisSync), or
+        ``recovered`` False where this instance's own history has the gap
+        (it starts a new epoch). Without history there is nothing to resume."""
+        if not self.options.history:
+            return
+        registry = self._registry
+        registry.history_gap()
+        conns = list(registry.connections.values())
+        if conns:
+            logger.warning(
+                "ending %d streams after the backplane outage: their clients resume "
+                "from their last event id",
+                len(conns),
+            )
+        for conn in conns:
+            conn.end(CloseDetails(1012, REASON_RESUME), graceful=True)
 
     def _relay_failed(
         self, peer: Peer | None, exc: Exception, what: str = "backplane publish failed"
@@ -320,16 +351,17 @@ def get_adapter(
 
 
 def sse_adapter(
-    hooks: object = None,
+    hooks: HooksLike | None = None,
     *,
     resolve: Resolver | None = None,
     bidir: bool = False,
-    **options: Any,
+    **options: Unpack[AdapterOptions],
 ) -> SSEAdapter:
     """Create an SSE adapter.
 
-    ``hooks``: ``define_hooks(...)``, a ``dict`` of hook names, or an object
-    with hook attributes. ``resolve``: ``(request) -> hooks | None``, called
+    ``hooks``: ``define_hooks(...)`` or a ``dict`` of hook names (typed:
+    ``HooksDict``); an object with hook attributes also works at run time,
+    untyped. ``resolve``: ``(request) -> hooks | None``, called
     once per connection; its hooks run after the global ones. ``bidir``:
     accept client messages over ``POST``. Options: see the README; a bad
     value raises ``ValueError``/``TypeError`` naming the option.

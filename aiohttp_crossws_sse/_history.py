@@ -124,6 +124,10 @@ class History:
 
     # -- writing ------------------------------------------------------------------
 
+    def last_id(self) -> str:
+        """The id ``record`` gave last."""
+        return f"{self.prefix}{self.seq:x}"
+
     def record(
         self,
         topic: str,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASON_OPEN_FAILED",
+    "REASON_RESUME",
     "REASON_SHUTDOWN",
     "REASON_TERMINATED",
     "CloseDetails",
@@ -36,6 +37,9 @@ __all__ = [
 # own are in _write.ends).
 REASON_TERMINATED = "terminated"
 REASON_SHUTDOWN = "server shutdown"
+#: After a backplane outage that may have cost this instance publishes (with
+#: history): the client resumes from its last id.
+REASON_RESUME = "backplane outage: resume"
 REASON_OPEN_FAILED = "open hook failed"
 
 MAX_EVENT_ID_LENGTH = 256
@@ -76,7 +80,7 @@ class PeerAdapter(Protocol):
 
     def publish(
         self, topic: str, data: Any, *, event: str | None = None, namespace: str | None = None
-    ) -> None: ...
+    ) -> Awaitable[str | None]: ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -273,10 +277,15 @@ class Peer:
         """Stop receiving ``topic``."""
         self._conn.unsubscribe(topic)
 
-    def publish(self, topic: str, data: Any, *, event: str | None = None) -> None:
-        """Publish to the other subscribers of ``topic`` in this namespace (and relay)."""
+    def publish(self, topic: str, data: Any, *, event: str | None = None) -> Awaitable[str | None]:
+        """Publish to the other subscribers of ``topic`` in this namespace (and
+        relay). Awaitable like ``SSEAdapter.publish``: ignore the result or
+        ``await`` it for the event's id (``BackplaneError`` when the backplane
+        could not take it)."""
         conn = self._conn
-        conn.registry.publish(topic, data, event=event, namespace=self.namespace, sender=conn)
+        return conn.registry.publish(
+            topic, data, event=event, namespace=self.namespace, sender=conn
+        )
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """End the stream gracefully once queued events are written."""

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._boundary import LoopGuard
+from ._errors import BackplaneError
 from ._frame import KEEPALIVE_FRAME, encode_published, encode_text, to_text
 from ._history import History, ReplaySource
+from ._publication import DONE, Publication, Receipt
 from ._stats import Stats
 from ._write import Fanout, Scheduler
 from .sync.base import Relayed
@@ -88,9 +90,10 @@ class Registry(Generic[M]):
         #: What a Last-Event-ID replay reads: ``history``, or the backplane
         #: when it keeps the cluster's history (``Sync.assigns_ids``).
         self.replay_source: ReplaySource | None = self.history
-        #: The backplane assigns ids: a publish is delivered here when it
-        #: comes back from the backplane with its id (``use_backplane_ids``).
-        self.backplane_ids = False
+        #: A publish is delivered here only when it comes back from the
+        #: backplane: it assigns the ids (``use_backplane_ids``) or is
+        #: ``ordered`` (``Sync.ordered``).
+        self.backplane_delivers = False
         self._keepalive_handle: asyncio.TimerHandle | None = None
 
     # -- membership ---------------------------------------------------------
@@ -129,9 +132,17 @@ class Registry(Generic[M]):
     def use_backplane_ids(self, source: ReplaySource) -> None:
         """The backplane keeps the cluster's history and gives the ids
         (``Sync.assigns_ids``): it is the replay source from now on."""
-        self.backplane_ids = True
+        self.backplane_delivers = True
         self.history = None
         self.replay_source = source
+
+    def history_gap(self) -> None:
+        """This instance may have missed publishes (a backplane outage): its
+        own history can no longer prove a replay complete, so it starts a new
+        epoch (ids from before give ``recovered`` False)."""
+        if self.history is not None:
+            self.history = History(self.options.history, self.options.history_max_age)
+            self.replay_source = self.history
 
     def topic_count(self) -> int:
         # A copy: a metrics scrape may run in another thread while the loop
@@ -148,15 +159,16 @@ class Registry(Generic[M]):
         event: str | None = None,
         namespace: str | None = None,
         sender: M | None = None,
-    ) -> None:
-        """Encode once, hand the same frame to every local subscriber, relay."""
+    ) -> Publication:
+        """Encode once, hand the same frame to every local subscriber, relay.
+        Returns what the publisher may await (``_publication.py``)."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         if namespace is not None and not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str or None, not {type(namespace).__name__}")
         text = to_text(data)
         sync = self.options.sync
-        if self.backplane_ids:
+        if self.backplane_delivers:
             if event is not None:
                 encode_text("", event=event)  # a bad event name raises here, not on delivery
             message = Relayed(
@@ -167,39 +179,56 @@ class Registry(Generic[M]):
                 sender=sender.peer.id if sender is not None else None,
             )
             try:
-                sync.publish(message)
+                return sync.publish(message)  # type: ignore[no-any-return]
             except Exception as exc:  # local peers are still served (no id)
                 self.deliver_relayed(message)
-                if self._on_relay_error is not None:
-                    self._on_relay_error(sender.peer if sender is not None else None, exc)
-            return
+                return self._not_relayed(sync, sender, exc)
         history = self.history
+        event_id = None
         if history is None:
             frame = encode_text(text, event=event)
         else:
             frame = history.record(
                 topic, namespace, text, event, sender.peer.id if sender is not None else None
             )
+            event_id = history.last_id()
         self._deliver(topic, frame, namespace, sender)
-        if sync is not None:
-            try:
-                sync.publish(Relayed(topic, text, event=event, namespace=namespace))
-            except Exception as exc:  # a backplane must not break a handler
-                if self._on_relay_error is not None:
-                    self._on_relay_error(sender.peer if sender is not None else None, exc)
+        if sync is None:
+            return DONE if event_id is None else Publication(id=event_id)
+        try:
+            relayed: Publication = sync.publish(
+                Relayed(topic, text, event=event, namespace=namespace)
+            )
+        except Exception as exc:  # a backplane must not break a handler
+            return self._not_relayed(sync, sender, exc)
+        if event_id is None:
+            return relayed
+        return Publication(relayed.receipt, relayed.index, event_id)
 
-    def deliver_relayed(self, message: Relayed) -> None:
-        """A publish made by another instance: local subscribers only, never relayed."""
+    def _not_relayed(self, sync: Any, sender: M | None, exc: Exception) -> Publication:
+        """The backplane refused a publish: reported, and raised by an await."""
+        if self._on_relay_error is not None:
+            self._on_relay_error(sender.peer if sender is not None else None, exc)
+        error = BackplaneError(f"{type(sync).__name__} did not take the publish: {exc}")
+        error.__cause__ = exc
+        return Publication(Receipt.failed(error))
+
+    def deliver_relayed(self, message: Relayed) -> str | None:
+        """A publish that came from the backplane: local subscribers only,
+        never relayed. Returns its id (``None`` without history)."""
         history = self.history
-        if history is not None and message.id is None:
+        event_id = message.id
+        if history is not None and event_id is None:
             # ids of this instance's history (other instances give their own)
             frame = history.record(message.topic, message.namespace, message.data, message.event)
-        elif message.id is not None:
-            frame = encode_published(message.data, event=message.event, id=message.id)
+            event_id = history.last_id()
+        elif event_id is not None:
+            frame = encode_published(message.data, event=message.event, id=event_id)
         else:
             frame = encode_text(message.data, event=message.event)
         sender = self.connections.get(message.sender) if message.sender is not None else None
         self._deliver(message.topic, frame, message.namespace, sender)
+        return event_id
 
     def _deliver(self, topic: str, frame: bytes, namespace: str | None, sender: M | None) -> None:
         self.stats.frames_encoded += 1

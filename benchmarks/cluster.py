@@ -26,6 +26,12 @@ A's whole local fan-out, which happens before the relay leaves);
 ``--probes-first`` measures the first ones instead. The load clients run
 niced, so that the probes read as soon as their data arrives.
 
+With ``--ordered``, the latency run is repeated with ``ordered=True`` (every
+instance, A included, delivers A's publishes when they come back from the
+backplane), beside the backplane's own round trip (a Redis ``PING``, a
+Postgres ``SELECT 1``, from this process): the goal is an ordered p99 within
+the unordered p99 plus one round trip plus 2 ms.
+
 Last, the relay cost: no subscribers anywhere, A publishes ``--relay-rate``
 events/s one per loop iteration, then the same number in one burst; the CPU
 per event of A, of B (what *every* instance pays for every event published
@@ -187,8 +193,10 @@ class Run:
 SPREAD: list[int | None] = []  # --spread: the CPU of instance B
 
 
-def start_instances(count: int, backplane: Backplane | None, cpu: int | None) -> list[Server]:
-    env = {"SYNC": "", "UVLOOP": os.environ.get("UVLOOP", "1")}
+def start_instances(
+    count: int, backplane: Backplane | None, cpu: int | None, ordered: bool = False
+) -> list[Server]:
+    env = {"SYNC": "", "UVLOOP": os.environ.get("UVLOOP", "1"), "ORDERED": str(int(ordered))}
     if backplane is not None:
         env.update(SYNC=backplane.label.lower(), SYNC_URL=backplane.url, CHANNEL="bench")
     servers: list[Server] = []
@@ -304,10 +312,10 @@ class Latency:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def latency(backplane: Backplane, args: Any) -> Latency:
-    result = Latency(backplane.label)
+def latency(backplane: Backplane, args: Any, ordered: bool = False) -> Latency:
+    result = Latency(backplane.label + (" ordered" if ordered else ""))
     server_cpu, client_cpus = pinning(not args.no_pin)
-    servers = start_instances(2, backplane, server_cpu)
+    servers = start_instances(2, backplane, server_cpu, ordered)
     events_per_s = args.rate / args.clients
     messages = max(1, int(events_per_s * args.seconds))
     clients: list[LoadClient] = []
@@ -551,6 +559,36 @@ async def probe_main(ports: list[int], per: int) -> None:
     print(json.dumps({"event": "report", "targets": targets}), flush=True)
 
 
+async def round_trip(backplane: Backplane, n: int = 2000) -> tuple[float, float]:
+    """p50 and p99 (us) of one round trip to the backplane server from this
+    process: a Redis PING, a Postgres SELECT 1."""
+    samples: list[float] = []
+    if backplane.label == "Redis":
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(backplane.url)
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await client.ping()
+                samples.append((time.perf_counter() - t0) * 1e6)
+        finally:
+            await client.aclose()
+    else:
+        import asyncpg
+
+        conn = await asyncpg.connect(backplane.url)
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await conn.fetchval("SELECT 1")
+                samples.append((time.perf_counter() - t0) * 1e6)
+        finally:
+            await conn.close()
+    samples.sort()
+    return quantile(samples, 0.5), quantile(samples, 0.99)
+
+
 def quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
@@ -579,6 +617,11 @@ def main() -> None:
         action="store_true",
         help="connect the probes before the load clients (first in fan-out order; "
         "default: last, the slowest peers of an instance)",
+    )
+    ap.add_argument(
+        "--ordered",
+        action="store_true",
+        help="also measure latency with ordered=True, and the backplane's round trip",
     )
     ap.add_argument("--relay-rate", type=float, default=2000, help="events/s (relay cost)")
     ap.add_argument("--relay-seconds", type=float, default=3.0, help="length (relay cost)")
@@ -642,6 +685,7 @@ def main() -> None:
     baseline = relay_cost(None, args)
     print(f"[relay cost] baseline: {baseline.costs or baseline.problems}", file=sys.stderr)
     latencies: list[Latency] = []
+    round_trips: dict[str, tuple[float, float]] = {}
     costs: list[RelayCost] = [baseline]
     for name in backends:
         backplane: Backplane = (Redis if name == "redis" else Postgres)(client_cpus[0])
@@ -660,9 +704,12 @@ def main() -> None:
                         else "INVALID: " + "; ".join(run.problems)
                     )
                     print(f"[burst round {rnd}] {setup}: {note}", file=sys.stderr, flush=True)
-            lat = latency(backplane, args)
-            latencies.append(lat)
-            print(f"[latency] {lat.setup}: {lat.stats or lat.problems}", file=sys.stderr)
+            for ordered in (False, True) if args.ordered else (False,):
+                lat = latency(backplane, args, ordered)
+                latencies.append(lat)
+                print(f"[latency] {lat.setup}: {lat.stats or lat.problems}", file=sys.stderr)
+            if args.ordered:
+                round_trips[backplane.label] = asyncio.run(round_trip(backplane))
             cost = relay_cost(backplane, args)
             costs.append(cost)
             print(f"[relay cost] {cost.setup}: {cost.costs or cost.problems}", file=sys.stderr)
@@ -730,6 +777,19 @@ def main() -> None:
             ]
         )
     print(table(head, rows))
+    for label, (p50, p99) in round_trips.items():
+        plain = next((x for x in latencies if x.setup == label and x.ok), None)
+        ordered_run = next((x for x in latencies if x.setup == f"{label} ordered" and x.ok), None)
+        print(f"\n{label} round trip from a client: p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)}")
+        if plain is not None and ordered_run is not None:
+            for side, name in (("A", "A (local)"), ("B", "B (relayed)")):
+                extra = ordered_run.stats[side]["p99_us"] - plain.stats[side]["p99_us"]
+                bound = p99 + 2000
+                verdict = "within" if extra <= bound else "OVER"
+                print(
+                    f"  {name}: ordered p99 - unordered p99 = {fmt_ms(extra)}; goal: at most "
+                    f"round trip p99 + 2 ms = {fmt_ms(bound)}: {verdict}"
+                )
 
     print(
         f"\n## Relay cost: CPU us per event published on A, {args.relay_rate:g} events/s for "

@@ -30,6 +30,30 @@ graceful_timeout = 30
 
 # No max_requests: recycling a worker ends every stream it holds.
 
+# Prometheus (README "Metrics"), multiprocess mode: with PROMETHEUS_MULTIPROC_DIR
+# in gunicorn's environment, each worker writes its figures to files there and
+# a scrape of /metrics, whichever worker takes it, shows the whole server's.
+metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def on_starting(server: Any) -> None:
+    """The master, before any worker: a new run counts from zero (the files
+    of a previous run would add their counts), so empty the directory."""
+    if metrics_dir:
+        os.makedirs(metrics_dir, exist_ok=True)
+        for name in os.listdir(metrics_dir):
+            if name.endswith(".db"):
+                os.remove(os.path.join(metrics_dir, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited, or was killed: its gauges (open streams) leave the
+    sums; its counters stay in the totals."""
+    if metrics_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, metrics_dir)
+
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn configures only its own loggers: send every other logger's

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -169,6 +169,7 @@ class LatencyProxy:
         self.target = target
         self.delay = delay
         self.url = ""
+        self.port = 0
         self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,7 +178,7 @@ class LatencyProxy:
 
     async def __aenter__(self) -> LatencyProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
+        self.port = port = self._server.sockets[0].getsockname()[1]
         self.url = f"redis://127.0.0.1:{port}"
         return self
 
@@ -246,6 +247,29 @@ class LatencyProxy:
         finally:
             dst.transport.abort()
             self._writers.discard(dst)
+
+
+@contextlib.asynccontextmanager
+async def slow_pair(
+    backend: str,
+    url: str,
+    slow_url: str,
+    channel: str,
+    adapter: dict[str, Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[Node, Node]]:
+    """Two instances in their own processes: ``a`` reaches the backplane at
+    ``url``, ``b`` at ``slow_url`` (a ``LatencyProxy`` run by this loop, so
+    the processes start in threads while the loop serves the proxy)."""
+    a = await asyncio.to_thread(Node, backend, url, channel, adapter, **options)
+    try:
+        b = await asyncio.to_thread(Node, backend, slow_url, channel, adapter, **options)
+        try:
+            yield a, b
+        finally:
+            await asyncio.to_thread(b.stop)
+    finally:
+        await asyncio.to_thread(a.stop)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
@@ -349,8 +373,21 @@ def own_postgres_server_fixture() -> Iterator[PostgresServer]:
 class Node:
     """``tests/apps/cluster_node.py`` in its own process: one instance of a cluster."""
 
-    def __init__(self, backend: str, url: str, channel: str, **options: Any) -> None:
-        config = {"backend": backend, "url": url, "channel": channel, "options": options}
+    def __init__(
+        self,
+        backend: str,
+        url: str,
+        channel: str,
+        adapter: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        config = {
+            "backend": backend,
+            "url": url,
+            "channel": channel,
+            "options": options,
+            "adapter": adapter or {},
+        }
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(NODE_APP), json.dumps(config)],
@@ -363,8 +400,9 @@ class Node:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
             line = self.proc.stdout.readline() if sel.select(30) else b""
         if not line.startswith(b"port="):
+            output = self.output()
             self.stop()
-            raise RuntimeError(f"cluster node did not start: {line!r} {self.output()}")
+            raise RuntimeError(f"cluster node did not start: {line!r} {output}")
         self.url = f"http://127.0.0.1:{int(line[5:])}"
 
     def alive(self) -> bool:
@@ -397,6 +435,17 @@ class Node:
         async with session.get(self.url + "/publish", params=query) as response:
             assert response.status == 200, await response.text()
 
+    async def publish_awaited(self, session: aiohttp.ClientSession, topic: str, data: str = "",
+                              **params: Any) -> list[str | None]:  # fmt: skip
+        """Publish (``sse.publish``) and await it; the awaited ids. Raises
+        ``AssertionError`` with the ``BackplaneError``'s message on a 503."""
+        query = {"topic": topic, "data": data, "wait": "1",
+                 **{k: str(v) for k, v in params.items()}}  # fmt: skip
+        async with session.get(self.url + "/publish", params=query) as response:
+            assert response.status == 200, f"{response.status}: {await response.text()}"
+            ids: list[str | None] = (await response.json())["ids"]
+            return ids
+
     async def publish_batch(self, session: aiohttp.ClientSession,
                             items: Sequence[Mapping[str, str | None]]) -> None:  # fmt: skip
         """``sse.publish`` each of ``items`` (``topic``, ``data``, optional
@@ -417,12 +466,16 @@ class Node:
 
 @contextlib.contextmanager
 def node_pair(
-    backend: str, url: str, channel: str = "main", **options: Any
+    backend: str,
+    url: str,
+    channel: str = "main",
+    adapter: dict[str, Any] | None = None,
+    **options: Any,
 ) -> Iterator[tuple[Node, Node]]:
     """Two instances, each its own process and aiohttp server, sharing one backplane."""
-    a = Node(backend, url, channel, **options)
+    a = Node(backend, url, channel, adapter, **options)
     try:
-        b = Node(backend, url, channel, **options)
+        b = Node(backend, url, channel, adapter, **options)
     except BaseException:
         a.stop()
         raise

@@ -360,3 +360,41 @@ async def test_with_a_table_what_outgrows_notify_once_encoded_is_stored(
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+async def test_after_an_outage_streams_resume_and_the_local_history_tells_the_gap(
+    own_postgres_server: PostgresServer, aiohttp_client: Any
+) -> None:
+    """With history, an instance that lost Postgres may have missed others'
+    publishes, and its own history cannot prove otherwise: its streams end
+    (code 1012), and a resume with an id from before gives ``recovered``
+    False (a new epoch) instead of a replay that claims to be complete."""
+    closes: list[Any] = []
+
+    def open_(peer: Peer) -> None:
+        peer.subscribe("t")
+
+    sse = sse_adapter(
+        define_hooks(open=open_, close=lambda peer, details: closes.append(details)),
+        history=100,
+        sync=PostgresSync(own_postgres_server.dsn, channel="gap", **FAST_OPTIONS),
+    )
+    app = web.Application()
+    sse.setup(app, "/sse")
+    client = await aiohttp_client(app)
+    reader = EventReader(await client.get("/sse"))
+    await until(lambda: _true(bool(sse.peers)), timeout=10, interval=0.02)
+    sse.publish("t", "before")
+    before = await reader.next()
+    own_postgres_server.stop("immediate")
+    await until(lambda: _true(not sse.options.sync._up), timeout=30, interval=0.05)
+    own_postgres_server.start()
+    assert await reader.rest(timeout=60) == []  # ended once the backplane is back
+    assert [(d.code, d.reason) for d in closes] == [(1012, "backplane outage: resume")]
+    resumed = EventReader(await client.get("/sse", headers={"Last-Event-ID": before.id}))
+    await until(lambda: _true(bool(sse.peers)), timeout=10, interval=0.02)
+    assert await next(iter(sse.peers.values())).wait_recovered() is False
+    sse.publish("t", "after")
+    event = await resumed.next()
+    assert event.data == "after" and event.id.split("-")[0] != before.id.split("-")[0]
+    resumed.response.close()

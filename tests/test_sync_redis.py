@@ -319,7 +319,8 @@ async def test_an_outage_is_logged_one_line_per_state_change(
         reader = EventReader(await a_client.get("/sse"))
         await until(lambda: _true(bool(a.peers)), timeout=10, interval=0.02)
         b.publish("t", "before")
-        assert (await reader.next()).data == "before"
+        before = await reader.next()
+        assert before.data == "before"
         caplog.clear()
         proxy.cut()
         await until(lambda: _true(not near._up), timeout=10, interval=0.02)
@@ -329,18 +330,24 @@ async def test_an_outage_is_logged_one_line_per_state_change(
             await asyncio.sleep(0.01)
         proxy.restore()
         await until(lambda: _true(near._up), timeout=30, interval=0.02)
+        # A missed B's publishes: the stream ends, so that its client resumes
+        # from its last id instead of going on as if it had seen everything.
+        assert [e.data for e in await reader.rest()] == ["local 0", "local 1", "local 2"]
+        resumed = EventReader(await a_client.get("/sse", headers={"Last-Event-ID": before.id}))
         b.publish("t", "after")
-        got = [(await reader.next()).data for _ in range(4)]
-        assert got == ["local 0", "local 1", "local 2", "after"]
-        reader.response.close()
+        got = [(await resumed.next()).data for _ in range(4)]
+        assert got == ["missed 0", "missed 1", "missed 2", "after"]
+        assert await next(iter(a.peers.values())).wait_recovered() is True
+        resumed.response.close()
         records = list(caplog.records)  # before the proxy closes (a new outage)
     above_debug = [r for r in records if r.levelno > logging.DEBUG]
     text = [caplog.handler.format(r) for r in above_debug]
-    assert len(above_debug) == 2, text
+    assert len(above_debug) == 3, text
     assert "lost the connection" in text[0] and above_debug[0].levelno == logging.ERROR
     assert "reconnected" in text[1]
     assert "local publishes not relayed meanwhile: 3" in text[1], text[1]
     assert "publishes of the cluster missed meanwhile: 3" in text[1], text[1]
+    assert "ending 1 streams after the backplane outage" in text[2], text[2]
     assert not any("Traceback" in t or r.exc_info for t, r in zip(text, above_debug, strict=True))
     assert any(r.exc_info for r in records if r.levelno == logging.DEBUG)
 

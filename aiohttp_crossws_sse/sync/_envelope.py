@@ -67,18 +67,19 @@ def body_size(message: Relayed) -> int:
 
 
 def pack_batch(
-    batch: list[Relayed], limit: int, header: Callable[[], str], data_bytes: int | None = None
+    batch: list[Relayed], limit: int, header: Callable[[int], str], data_bytes: int | None = None
 ) -> list[str]:
     """The envelopes carrying ``batch``, in order, each body at most
-    ``limit`` bytes unless it holds a single bigger message. ``header``
-    gives the next header of this instance, once per envelope, in order;
-    ``data_bytes``: the summed length of the messages' data, if known."""
+    ``limit`` bytes unless it holds a single bigger message. ``header(n)``
+    gives the next header of this instance for an envelope of ``n``
+    publishes, once per envelope, in order; ``data_bytes``: the summed
+    length of the messages' data, if known."""
     if data_bytes is None:
         data_bytes = sum(len(m.data) for m in batch)
     if data_bytes + len(batch) * _GUESS <= limit:  # the usual case: one envelope
         body = ENCODER.encode(list(chain.from_iterable(map(_FIELDS, batch))))
         if len(batch) == 1 or utf8_len(body) <= limit:
-            return [header() + body]
+            return [header(len(batch)) + body]
     envelopes: list[str] = []
     group: list[Relayed] = []
     size = 0
@@ -99,7 +100,7 @@ def pack_batch(
 
 
 def _pack_group(
-    group: list[Relayed], limit: int, header: Callable[[], str], out: list[str]
+    group: list[Relayed], limit: int, header: Callable[[int], str], out: list[str]
 ) -> None:
     body = ENCODER.encode(list(chain.from_iterable(map(_FIELDS, group))))
     if len(group) > 1 and utf8_len(body) > limit:
@@ -107,7 +108,7 @@ def _pack_group(
         _pack_group(group[:half], limit, header, out)
         _pack_group(group[half:], limit, header, out)
         return
-    out.append(header() + body)
+    out.append(header(len(group)) + body)
 
 
 def read_header(envelope: str) -> tuple[str, int, str] | None:

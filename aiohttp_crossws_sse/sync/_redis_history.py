@@ -68,7 +68,7 @@ for i = 0, n - 1 do
   redis.call('XADD', key, 'MAXLEN', maxlen, '0-' .. (first + i), 'r', ARGV[8 + 2 * i])
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. epoch .. ' ' .. first .. '\n' .. ARGV[5])
-return first
+return {epoch, first}
 """
 
 # Reading a replay: the epoch, the newest seq, then per topic the newest
@@ -157,25 +157,32 @@ class StreamHistory:
     # -- publishing ----------------------------------------------------------------------
 
     async def publish(
-        self, client: Redis, batch: list[Relayed], max_body: int, header: Callable[[], str]
-    ) -> None:
+        self, client: Redis, batch: list[Relayed], max_body: int, header: Callable[[int], str]
+    ) -> list[str | None]:
         """Add ``batch`` to the streams and publish it, in as few script
-        calls as fit ``max_body``, in one round trip. ``header``: the next
-        version-2 envelope header of this instance."""
+        calls as fit ``max_body``, in one round trip; returns the event ids
+        Redis gave, in order. ``header``: the next version-2 envelope header
+        of this instance."""
         if self._publish_script is None:
             self._publish_script = client.register_script(_PUBLISH)
         candidate = new_epoch()
+        sizes: list[int] = []
         async with client.pipeline(transaction=False) as pipe:
             for group in _groups(batch, max_body // 2):  # the data travels twice
+                sizes.append(len(group))
                 flat: list[Any] = []
                 args: list[Any] = [candidate, self.size, self._channel, "", "", self._streams]
                 for m in group:
                     flat += (m.topic, m.namespace, m.event, m.data, m.sender)
                     args += (m.topic, ENCODER.encode([m.namespace, m.event, m.data, m.sender]))
-                args[3] = header()
+                args[3] = header(len(group))
                 args[4] = ENCODER.encode(flat)
                 await self._publish_script(keys=self._keys, args=args, client=pipe)
-            await pipe.execute()
+            results = await pipe.execute()
+        ids: list[str | None] = []
+        for size, (epoch, first) in zip(sizes, results, strict=True):
+            ids += (format_id(_text(epoch), seq) for seq in range(first, first + size))
+        return ids
 
     # -- the live position ---------------------------------------------------------------
 
@@ -196,12 +203,15 @@ class StreamHistory:
         """Where the cluster's history stands (after subscribing: what is
         published from now on is delivered here)."""
         epoch, seq = await client.mget(list(self._keys[:2]))
-        self._outage_missed = None
+        live_epoch, live_seq = self.live
+        # No epoch: nothing was published since Redis lost its data (or ever).
+        self._outage_missed = 0
         if epoch is not None:
-            live_epoch, live_seq = self.live
             seq_n = int(seq or 0)
             if _text(epoch) == live_epoch:
                 self._outage_missed = max(0, seq_n - live_seq)
+            elif live_epoch is not None:  # Redis lost the history: all of the new one
+                self._outage_missed = seq_n
             if _text(epoch) != live_epoch or seq_n > live_seq:
                 self.live = (_text(epoch), seq_n)
                 self._restart_tracking(seq_n)  # a jump: what lies before was not delivered

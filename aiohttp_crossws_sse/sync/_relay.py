@@ -2,10 +2,13 @@
 
 ``RelaySync`` queues what is published in one loop iteration and has one
 writer task send it in one round trip, in publish order, packed in envelopes
-(``_envelope.py``); a supervisor listens, notices a lost connection, reports
+(``_envelope.py``); each round trip settles one ``Receipt`` (what an awaited
+publish waits for). A supervisor listens, notices a lost connection, reports
 it, reconnects with backoff and resubscribes; troubles are reported at a
-bounded rate (``_reports.py``). A backend (``redis.py``, ``postgres.py``)
-supplies the five primitives at the bottom of the class.
+bounded rate (``_reports.py``). ``ordered``: this instance's own envelopes
+come back too, and their publishes are delivered then (``_echo.py``). A
+backend (``redis.py``, ``postgres.py``) supplies the five primitives at the
+bottom of the class.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ import contextlib
 import random
 from abc import abstractmethod
 from collections.abc import Awaitable
+from typing import cast
 
+from .._errors import BackplaneError
+from .._publication import Publication, Receipt
+from ._echo import OWN, Echoes
 from ._envelope import VERSION, pack_batch, publishes, read_header, unpack
 from ._redact import quotes, scrub
 from ._reports import MAX_SENDERS, GapReport, LossReport, OutageReport, logger, why
@@ -53,6 +60,8 @@ class RelaySync(Sync):
     ``max_pending`` (``16 MiB``): bytes of data published and not yet sent
     beyond which further publishes are not relayed (and are reported) until
     the backlog drains.
+    ``ordered`` (``False``): every instance, the publisher included, delivers
+    the publishes in the backplane's one order (see ``Sync.ordered``).
     """
 
     kind = "backplane"
@@ -68,6 +77,7 @@ class RelaySync(Sync):
         report_interval: float = 10.0,
         send_timeout: float = 10.0,
         max_pending: int = 16 << 20,
+        ordered: bool = False,
     ) -> None:
         if not isinstance(channel, str):
             raise TypeError(f"option 'channel' must be a str, not {type(channel).__name__}")
@@ -85,6 +95,9 @@ class RelaySync(Sync):
         if max_pending <= 0:
             raise ValueError(f"option 'max_pending' must be > 0, got {max_pending!r}")
         self.max_pending = max_pending
+        if not isinstance(ordered, bool):
+            raise TypeError(f"option 'ordered' must be a bool, not {type(ordered).__name__}")
+        self.ordered = ordered
         self._secrets: tuple[str, ...] = ()  # of the address: never in a report (secrets_of)
         self._link: SyncLink | None = None
         self._own = ""  # the envelope prefix of this instance
@@ -92,6 +105,8 @@ class RelaySync(Sync):
         self._seqs: dict[str, int] = {}  # sender -> last sequence number seen
         self._pending: list[Relayed] = []
         self._pending_bytes = 0
+        self._receipt = Receipt()  # of the batch in _pending
+        self._echoes = Echoes(self._deliver_locally)  # ordered: own envelopes to come back
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -129,29 +144,40 @@ class RelaySync(Sync):
             err = ConnectionError(f"cannot connect to {self.describe()}: {self.reason(failure)}")
             raise self.caused(err, failure)
         self._link = link
+        self._echoes.active = self.ordered and not self.assigns_ids
         self._up = True
         self._wake = asyncio.Event()
         self._writer = loop.create_task(self._write_loop(), name=f"{self.kind} writer")
         self._supervisor = loop.create_task(self._supervise(), name=f"{self.kind} listener")
 
-    def publish(self, message: Relayed) -> None:
+    def publish(self, message: Relayed) -> Publication:
         """Queue ``message`` for the next round trip; never blocks. While the
         backplane is unreachable it is not relayed, and that is reported."""
         if not self._up or self._closing:
             if self._link is None or self._closing:
                 raise RuntimeError(f"{type(self).__name__} is not started (is the app running?)")
-            self._lost(1, self._down_cause)
-            self._unsent([message])
-            return
+            return self._refuse(message, self._down_cause)
         pending = self._pending
         if not pending:
             self._wake.set()  # the writer sends what this loop iteration queues
+            self._receipt = Receipt()
         elif self._pending_bytes > self.max_pending:
-            self._lost(1, BufferError(f"more than {self.max_pending} bytes waiting to be sent"))
-            self._unsent([message])
-            return
+            return self._refuse(
+                message, BufferError(f"more than {self.max_pending} bytes waiting to be sent")
+            )
         pending.append(message)
         self._pending_bytes += len(message.data)
+        return Publication(self._receipt, len(pending) - 1)
+
+    def _refuse(self, message: Relayed, cause: BaseException | None) -> Publication:
+        self._lost(1, cause)
+        self._unsent([message])
+        return Publication(Receipt.failed(self.error(cause)))
+
+    def error(self, cause: BaseException | None) -> BackplaneError:
+        """What an awaited publish raises when ``cause`` kept it from the backplane."""
+        err = BackplaneError(f"{self.describe()} did not take the publish: {self.reason(cause)}")
+        return cast(BackplaneError, self.caused(err, cause))
 
     async def close(self) -> None:
         """Send what is still queued (bounded by ``send_timeout``), then disconnect.
@@ -172,6 +198,10 @@ class RelaySync(Sync):
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
+        self._echoes.flush()  # sent; their echoes will not be heard now
+        if self._pending:  # the writer gave up (send_timeout) before sending them
+            self._unsent(self._pending)
+            self._receipt.fail(self.error(ConnectionError("the backplane was closed")))
         unreported = self._outage.cancel() + self._losses.cancel()
         self._gaps.cancel()
         if unreported:
@@ -213,10 +243,22 @@ class RelaySync(Sync):
         err.__cause__ = cause
         return err
 
-    def header(self) -> str:
-        """The next envelope header of this instance (takes a sequence number)."""
+    def header(self, count: int) -> str:
+        """The next envelope header of this instance, for an envelope carrying
+        ``count`` publishes (takes a sequence number)."""
         self._seq += 1
+        self._echoes.expect(self._seq, count)
         return f"{self._own}{self._seq}\n"
+
+    @property
+    def echoed(self) -> bool:
+        """Whether this instance's own envelopes are delivered when they come
+        back (``ordered``; see ``heard_own``) rather than dropped."""
+        return self._echoes.active
+
+    def heard_own(self, seq: int) -> None:
+        """This instance's own envelope ``seq`` came back (``echoed``)."""
+        self._echoes.heard(seq)
 
     def accept(self, envelope: str) -> str | None:
         """The body of a received envelope, or ``None`` for this instance's own
@@ -226,6 +268,8 @@ class RelaySync(Sync):
         accepted too, this instance's own included: ids are assigned by the
         backplane, so every instance delivers every publish from there."""
         if envelope.startswith(self._own):
+            if self._echoes.active:  # ordered: delivered now, from what was sent
+                return OWN + envelope[len(self._own) : envelope.find("\n")]
             return None
         header = read_header(envelope)
         if header is None:
@@ -244,6 +288,9 @@ class RelaySync(Sync):
         """Hand the publishes of a JSON body to the local subscribers."""
         link = self._link
         if link is None:
+            return
+        if body.startswith(OWN):
+            self.heard_own(int(body[1:]))
             return
         try:
             flat = unpack(body)
@@ -280,31 +327,60 @@ class RelaySync(Sync):
             wake.clear()
             batch, self._pending = self._pending, []
             data_bytes, self._pending_bytes = self._pending_bytes, 0
+            receipt = self._receipt
             if batch:
                 if self._up:
+                    echoes = self._echoes
+                    echoes.sending(batch, receipt)
                     try:
                         async with asyncio.timeout(self.send_timeout):
-                            await self._send_batch(batch, data_bytes)
+                            await self._send_batch(batch, data_bytes, receipt)
                     except asyncio.CancelledError:
+                        receipt.fail(self.error(ConnectionError("the backplane was closed")))
+                        echoes.drop(receipt)
                         raise
                     except Exception as exc:
                         self._lost(len(batch), exc)
-                        self._unsent(batch)
+                        receipt.fail(self.error(exc))
+                        if echoes.active:  # what has not come back yet is delivered here
+                            echoes.drop(receipt)
+                        else:
+                            self._unsent(batch)
+                    else:
+                        if not echoes.sent(receipt):
+                            receipt.settle()
                 else:
                     self._lost(len(batch), self._down_cause)
                     self._unsent(batch)
+                    receipt.fail(self.error(self._down_cause))
             if self._closing and not self._pending:
                 return
 
-    async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
+    async def _send_batch(self, batch: list[Relayed], data_bytes: int, receipt: Receipt) -> None:
         """Send one loop iteration's publishes (a backend may override), in
         envelopes of at most ``max_body`` bytes unless one holds a single bigger
-        message."""
+        message. A backend that gives event ids sets ``receipt.ids``."""
         await self._send(pack_batch(batch, self.max_body, self.header, data_bytes))
 
     def _unsent(self, batch: list[Relayed]) -> None:
         """``batch`` could not be relayed (already reported as lost): by the
-        writer, or refused by ``publish`` (unreachable, over ``max_pending``)."""
+        writer, or refused by ``publish`` (unreachable, over ``max_pending``).
+        When the adapter delivers only what comes back (``assigns_ids``,
+        ``ordered``), it is delivered here now (without a cluster id)."""
+        if self.assigns_ids or self.ordered:
+            for message in batch:
+                self._deliver_locally(message)
+
+    def _deliver_locally(self, message: Relayed) -> str | None:
+        """Hand ``message`` to the local subscribers; its id, if any."""
+        link = self._link
+        if link is None:
+            return None
+        try:
+            return link.deliver(message)
+        except Exception as exc:  # a bad event must not stop the writer or listener
+            self.report(exc)
+            return None
 
     # -- the listener ------------------------------------------------------------------
 
@@ -327,6 +403,9 @@ class RelaySync(Sync):
         self._up = False
         self._down_cause = cause
         self._outage.began(cause)
+        # Own envelopes sent and not heard back: delivered here now, as they
+        # would be without ``ordered`` (the others may or may not have them).
+        self._echoes.flush()
         await self._quiet(self._unsubscribe())
 
     async def _reconnect(self) -> None:
@@ -350,11 +429,16 @@ class RelaySync(Sync):
                 self._outage.still_down(attempts, exc)
         self._up = True
         self._down_cause = None
-        self._outage.over(self._missed_meanwhile())
+        missed = self._missed_meanwhile()
+        self._outage.over(missed)
+        link = self._link
+        if missed != 0 and link is not None and link.resync is not None:
+            link.resync()
 
     def _missed_meanwhile(self) -> int | None:
         """How many publishes of other instances the outage just over missed,
-        when the backend can tell (it then reports none of them as gaps)."""
+        when the backend can tell (it then reports none of them as gaps);
+        ``None``: it cannot (maybe some)."""
         return None
 
     @staticmethod

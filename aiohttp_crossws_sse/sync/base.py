@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._publication import Publication
+
 __all__ = ["Relayed", "Sync", "SyncLink"]
 
 
@@ -34,19 +36,25 @@ class SyncLink:
     ``instance_id``: unique per adapter instance; a backend tags what it
     relays with it and drops messages carrying its own (echo suppression).
     ``deliver``: hand a publish from another instance (or, for a backend
-    that assigns event ids, every publish once it has its id) to the local
-    subscribers. ``report``: a failure the backend met later, in the
+    that assigns event ids or is ``ordered``, every publish once it comes
+    back) to the local subscribers; returns the event's id (``None``
+    without history). ``report``: a failure the backend met later, in the
     background (a dropped connection, a reconnect that failed); the adapter
     logs it and runs the ``error`` hooks with ``peer`` ``None``.
     ``history``: the adapter's ``history`` option (events kept per topic;
     ``0``: off); a backend that can keep the cluster's history sets
     ``assigns_ids`` when it is on.
+    ``resync``: the backplane was down and this instance may have missed
+    publishes of the others (an outage; ``None`` = maybe): with history on,
+    the adapter then makes its streams resume from their last id, so that
+    no client goes on believing it has seen everything.
     """
 
     instance_id: str
-    deliver: Callable[[Relayed], None]
+    deliver: Callable[[Relayed], str | None]
     report: Callable[[Exception], None]
     history: int = 0
+    resync: Callable[[], None] | None = None
 
 
 class Sync(ABC):
@@ -63,15 +71,23 @@ class Sync(ABC):
     #: when ``SyncLink.history`` is on and the backend keeps a history); it is
     #: then also the adapter's replay source (``fetch``, ``caught_up``).
     assigns_ids: bool = False
+    #: The backplane hands every publish back, this instance's own included,
+    #: in the backplane's one order: the adapter delivers a publish only
+    #: then, so every instance delivers a topic's events in the same order.
+    ordered: bool = False
 
     @abstractmethod
     async def start(self, link: SyncLink) -> None:
         """Connect; call ``link.deliver`` for every publish made by *another* instance."""
 
     @abstractmethod
-    def publish(self, message: Relayed) -> None:
-        """Relay a local publish; never blocks. An exception raised here is
-        reported (log and ``error`` hooks), never raised into the publisher."""
+    def publish(self, message: Relayed) -> Publication:
+        """Relay a local publish; never blocks. Returns what the publisher may
+        await: settled once the backplane took it, or failed with
+        ``BackplaneError`` (after ``message`` was handed to ``link.deliver``
+        when the adapter delivers only what comes back: ``assigns_ids`` or
+        ``ordered``). An exception raised here is reported (log and
+        ``error`` hooks) and makes an awaited publish raise ``BackplaneError``."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .._publication import DONE, Publication
 from .base import Relayed, Sync, SyncLink
 
 __all__ = ["MemoryHub", "MemorySync"]
@@ -60,10 +61,11 @@ class MemorySync(Sync):
         self._loop = asyncio.get_running_loop()
         self.hub.join(self)
 
-    def publish(self, message: Relayed) -> None:
+    def publish(self, message: Relayed) -> Publication:
         if self._link is None:
             raise RuntimeError("MemorySync is not started (is the app running?)")
         self.hub.relay(self, message)
+        return DONE  # the hub took it
 
     def receive(self, message: Relayed) -> None:
         if self._link is not None and self._loop is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from .._publication import Publication
 from ._envelope import body_size, utf8_len
 from ._redact import redact, secrets_of
 from ._relay import RelaySync, logger
@@ -56,7 +57,11 @@ class PostgresSync(RelaySync):
     notifies. Publishes of one event-loop iteration leave in one round trip
     (one pipelined ``executemany``, one transaction), so other instances
     receive them in publish order. Delivery is at most once, to the
-    instances listening at that moment; an instance drops its own.
+    instances listening at that moment; an instance drops its own — unless
+    ``ordered=True``: then it delivers its own publishes only when their
+    notification comes back, so every instance delivers one sequence
+    (PostgreSQL's commit order), at the cost of a round trip per publish's
+    latency.
 
     A lost connection is reported (log and ``error`` hooks with ``peer``
     ``None``), local peers stay served, and the instance reconnects with
@@ -64,8 +69,8 @@ class PostgresSync(RelaySync):
     reported, never raised. ``start`` raises ``ConnectionError`` when the
     database cannot be reached. Tuning (``heartbeat``, probing the listening
     connection with ``SELECT 1``; ``max_reconnect_delay``,
-    ``report_interval``, ``send_timeout``, ``max_pending``): as for
-    ``RedisSync``.
+    ``report_interval``, ``send_timeout``, ``max_pending``, ``ordered``): as
+    for ``RedisSync``.
     """
 
     kind = "Postgres"
@@ -83,6 +88,7 @@ class PostgresSync(RelaySync):
         report_interval: float = 10.0,
         send_timeout: float = 10.0,
         max_pending: int = 16 << 20,
+        ordered: bool = False,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -91,6 +97,7 @@ class PostgresSync(RelaySync):
             report_interval=report_interval,
             send_timeout=send_timeout,
             max_pending=max_pending,
+            ordered=ordered,
         )
         if len(channel.encode()) > 63:
             raise ValueError("option 'channel' must be at most 63 bytes (a PostgreSQL name)")
@@ -120,12 +127,12 @@ class PostgresSync(RelaySync):
     def describe(self) -> str:
         return f"Postgres at {redact(self.dsn)}, channel {self.channel!r}"
 
-    def publish(self, message: Relayed) -> None:
+    def publish(self, message: Relayed) -> Publication:
         if self.table is None:
             # Refused here, before it is queued, and not in _send: there it would
             # fail the whole round trip and lose the other publishes of its batch.
             self._check_fits(message)
-        super().publish(message)
+        return super().publish(message)
 
     def _check_fits(self, message: Relayed) -> None:
         """Raise ``ValueError`` when ``message`` alone makes a body over ``max_body``

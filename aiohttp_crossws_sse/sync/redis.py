@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 
 from .._history import Replay
+from .._publication import Receipt
 from ._envelope import VERSION_IDS, publishes_with_ids, unpack_ids
 from ._redact import redact, secrets_of
 from ._redis_history import StreamHistory
@@ -54,7 +55,13 @@ class RedisSync(RelaySync):
     ``channel``, one (from the client's pool) to publish on.
 
     Delivery is Redis pub/sub's: at most once, in the order each instance
-    published, to the instances subscribed at that moment. What is published
+    published, to the instances subscribed at that moment. An instance
+    delivers its own publishes at once, the others' as they arrive — unless
+    ``ordered=True``: then it delivers its own only when they come back from
+    Redis, so every instance delivers one sequence (Redis's), at the cost of
+    one round trip to Redis per publish's latency. With history on, every
+    publish already comes back from Redis with its id: that is ordered
+    anyway. What is published
     in one event-loop iteration leaves in one round trip, packed in as few
     Redis messages as fit 512 KiB each. An instance drops what it relayed
     itself (by ``SyncLink.instance_id``).
@@ -77,7 +84,8 @@ class RedisSync(RelaySync):
     ``max_pending`` (16 MiB: data queued and not yet sent beyond which
     further publishes are not relayed, and reported), ``fetch_timeout``
     (5 s, with history: a replay's read of the history not answered by then
-    gives up, and the client's stream goes on without the replay).
+    gives up, and the client's stream goes on without the replay),
+    ``ordered`` (``False``: see above).
     """
 
     kind = "Redis"
@@ -93,6 +101,7 @@ class RedisSync(RelaySync):
         report_interval: float = 10.0,
         send_timeout: float = 10.0,
         max_pending: int = 16 << 20,
+        ordered: bool = False,
         fetch_timeout: float = 5.0,
     ) -> None:
         super().__init__(
@@ -102,6 +111,7 @@ class RedisSync(RelaySync):
             report_interval=report_interval,
             send_timeout=send_timeout,
             max_pending=max_pending,
+            ordered=ordered,
         )
         if isinstance(url_or_client, str):
             if not url_or_client:
@@ -144,23 +154,15 @@ class RedisSync(RelaySync):
         self.assigns_ids = link.history > 0
         await super().start(link)
 
-    def _unsent(self, batch: list[Relayed]) -> None:
-        # With history, a publish reaches even local peers only back from
-        # Redis: one that never got there is delivered here now (without an
-        # id: not replayable), whatever kept it from Redis.
-        if self.assigns_ids and self._link is not None:
-            for message in batch:
-                self._link.deliver(message)
-
-    async def _send_batch(self, batch: list[Relayed], data_bytes: int) -> None:
+    async def _send_batch(self, batch: list[Relayed], data_bytes: int, receipt: Receipt) -> None:
         if not self.assigns_ids:
-            await super()._send_batch(batch, data_bytes)
+            await super()._send_batch(batch, data_bytes, receipt)
             return
         client = self._client
         assert client is not None
-        await self._history.publish(client, batch, self.max_body, self._id_header)
+        receipt.ids = await self._history.publish(client, batch, self.max_body, self._id_header)
 
-    def _id_header(self) -> str:
+    def _id_header(self, count: int) -> str:
         """The next version-2 envelope header of this instance: its sequence
         numbers are those of ``header`` (one count, so gaps show either way)."""
         self._seq += 1
@@ -301,6 +303,7 @@ class RedisSync(RelaySync):
         assert pubsub is not None
         heartbeat = self.heartbeat
         own = self._own.encode()
+        echoed = self.echoed
         loop = asyncio.get_running_loop()
         heard = loop.time()
         while True:
@@ -322,8 +325,10 @@ class RedisSync(RelaySync):
             if message["type"] == "message":
                 data = message["data"]
                 if isinstance(data, bytes):
-                    if data.startswith(own):
-                        continue  # this instance's own publish: no need to decode it
+                    if data.startswith(own):  # this instance's own: no need to decode it
+                        if echoed:  # ordered: delivered now, from what was sent
+                            self.heard_own(int(data[len(own) : data.index(b"\n")]))
+                        continue
                     data = data.decode(errors="replace")  # garbage is reported, not fatal
                 body = self.accept(data)
                 if body is not None:

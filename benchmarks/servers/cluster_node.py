@@ -9,7 +9,7 @@ Same contract as the other servers (``GET /sse``, ``GET /publish?n=M&size=S``,
 
 Environment: PORT (default 8080); SYNC = "" (no backplane), "redis" or
 "postgres"; SYNC_URL (the Redis URL or Postgres DSN); CHANNEL (default
-"bench"); UVLOOP=0 for asyncio's default loop.
+"bench"); ORDERED=1 for ``ordered=True``; UVLOOP=0 for asyncio's default loop.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ def open_(peer: Peer) -> None:
 def make_sync() -> Any:
     kind = os.environ.get("SYNC", "")
     channel = os.environ.get("CHANNEL", "bench")
+    ordered = os.environ.get("ORDERED") == "1"
     if kind == "redis":
         from aiohttp_crossws_sse.sync import RedisSync
 
-        return RedisSync(os.environ["SYNC_URL"], channel=channel)
+        return RedisSync(os.environ["SYNC_URL"], channel=channel, ordered=ordered)
     if kind == "postgres":
         from aiohttp_crossws_sse.sync import PostgresSync
 
-        return PostgresSync(os.environ["SYNC_URL"], channel=channel)
+        return PostgresSync(os.environ["SYNC_URL"], channel=channel, ordered=ordered)
     if kind:
         sys.exit(f"unknown SYNC={kind!r}")
     return None

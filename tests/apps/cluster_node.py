@@ -1,7 +1,8 @@
 """One instance of a cluster, in its own process, for the backplane tests.
 
 ``argv[1]``: JSON ``{"backend": "redis" | "postgres", "url": str, "channel": str,
-"options": {...}}`` (options go to ``RedisSync`` / ``PostgresSync``). Prints
+"options": {...}, "adapter": {...}}`` (options go to ``RedisSync`` /
+``PostgresSync``, adapter options to ``sse_adapter``). Prints
 ``port=N`` once listening on 127.0.0.1; SIGTERM shuts it down gracefully
 (peers closed, backplane disconnected).
 
@@ -17,7 +18,9 @@ Routes (the adapter is bidirectional):
   ``sse.publish`` ``n`` times (data ``data`` or, with ``n`` > 1, ``data`` +
   index; with ``pads=a,b,..`` publish i gets ``:`` and ``pads[i]`` euro signs
   appended); with ``spread=1`` one publish per event-loop iteration, else all
-  in one.
+  in one. With ``wait=1`` each publish is awaited before the next, and the
+  answer is JSON ``{"ids": [...]}`` (the awaited ids), or 503 with the
+  ``BackplaneError``'s message.
 - ``POST /batch``: a JSON list of ``{"topic": t, "data": d, "event": e, "ns": n}``
   (``event`` and ``ns`` optional), all published with ``sse.publish`` in one
   event-loop iteration (a POST: such payloads outgrow a request line).
@@ -36,7 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
-from aiohttp_crossws_sse import Message, Peer, SSEError, define_hooks, sse_adapter
+from aiohttp_crossws_sse import (
+    BackplaneError,
+    Message,
+    Peer,
+    SSEError,
+    define_hooks,
+    sse_adapter,
+)
 from aiohttp_crossws_sse.sync import PostgresSync, RedisSync
 
 config: dict[str, Any] = json.loads(sys.argv[1])
@@ -76,6 +86,7 @@ sse = sse_adapter(
     define_hooks(upgrade=upgrade, open=open_, message=message, error=error),
     bidir=True,
     sync=make_sync(),
+    **config.get("adapter", {}),
 )
 
 
@@ -96,15 +107,21 @@ async def publish(request: web.Request) -> web.Response:
     n = int(q.get("n", "1"))
     data = q.get("data", "")
     pads = [int(p) for p in q["pads"].split(",")] if "pads" in q else []
+    ids: list[str | None] = []
     for i in range(n):
         text = f"{data}{i}" if n > 1 else data
         if pads:
             text = f"{text}:" + "\u20ac" * pads[i % len(pads)]  # 3 bytes each in UTF-8
         item = text.encode("latin-1") if q.get("binary") else text
-        sse.publish(q["topic"], item, event=q.get("event"), namespace=q.get("ns"))
+        published = sse.publish(q["topic"], item, event=q.get("event"), namespace=q.get("ns"))
+        if q.get("wait"):
+            try:
+                ids.append(await published)
+            except BackplaneError as exc:
+                return web.Response(status=503, text=str(exc))
         if q.get("spread"):
             await asyncio.sleep(0)
-    return web.Response(text="ok")
+    return web.json_response({"ids": ids}) if q.get("wait") else web.Response(text="ok")
 
 
 async def batch(request: web.Request) -> web.Response:

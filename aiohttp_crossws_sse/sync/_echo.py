@@ -1,0 +1,109 @@
+"""Ordered delivery: this instance's own envelopes, from sent until heard back.
+
+With ``ordered``, an instance delivers its own publishes only when their
+envelope comes back from the backplane, in the backplane's order among the
+other instances' envelopes: so every instance delivers one sequence. What
+comes back is only the envelope's sequence number: the publishes themselves
+(and the peer that made them, who does not get them) are kept here, so an
+echo is never decoded. The receipt of a batch settles once all of its
+envelopes were heard back: the awaited publish has then been delivered here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from .._publication import Receipt
+from .base import Relayed
+
+__all__ = ["OWN", "Echoes"]
+
+#: Marks a body as "this instance's own envelope came back", followed by its
+#: sequence number (``RelaySync.accept`` makes it, ``deliver_body`` reads it).
+OWN = "\x00"
+
+
+class _Sent:
+    """One batch the writer sends in ordered mode."""
+
+    __slots__ = ("batch", "offset", "receipt", "waiting")
+
+    def __init__(self, batch: list[Relayed], receipt: Receipt) -> None:
+        self.batch = batch
+        self.receipt = receipt
+        self.offset = 0  # publishes given to envelopes so far
+        self.waiting = 0  # envelopes not heard back yet
+
+
+class Echoes:
+    """The envelopes sent and not yet heard back, in sequence order."""
+
+    def __init__(self, deliver: Callable[[Relayed], str | None]) -> None:
+        #: Set on start: ``ordered``, and the backplane does not itself hand
+        #: every publish back with an id (``assigns_ids``).
+        self.active = False
+        self._deliver = deliver
+        self._queue: deque[tuple[int, _Sent, int, int]] = deque()  # seq, batch, start, count
+        self._sending: _Sent | None = None
+
+    def sending(self, batch: list[Relayed], receipt: Receipt) -> None:
+        """The writer is about to pack ``batch`` into envelopes."""
+        if self.active:
+            self._sending = _Sent(batch, receipt)
+
+    def expect(self, seq: int, count: int) -> None:
+        """Envelope ``seq`` carries the next ``count`` publishes of the batch being packed."""
+        sent = self._sending
+        if sent is not None:
+            self._queue.append((seq, sent, sent.offset, count))
+            sent.offset += count
+            sent.waiting += 1
+
+    def sent(self, receipt: Receipt) -> bool:
+        """The writer sent the batch: whether its receipt settles when it
+        comes back (else the writer settles it now)."""
+        sent, self._sending = self._sending, None
+        return sent is not None
+
+    def heard(self, seq: int) -> None:
+        """Own envelope ``seq`` came back: deliver it, and any sent before it
+        that did not come back (the backplane's order is seq order)."""
+        queue = self._queue
+        while queue and queue[0][0] <= seq:
+            _, sent, start, count = queue.popleft()
+            self._release(sent, start, count)
+        # else: an envelope already delivered (its send failed, or an outage flushed it)
+
+    def drop(self, receipt: Receipt) -> None:
+        """The batch of ``receipt`` failed to send (fail the receipt first):
+        what of it has not come back is delivered here now."""
+        self._sending = None
+        queue = self._queue
+        if not any(entry[1].receipt is receipt for entry in queue):
+            return
+        self._queue = deque(entry for entry in queue if entry[1].receipt is not receipt)
+        for _, sent, start, count in queue:
+            if sent.receipt is receipt:
+                self._release(sent, start, count)
+
+    def flush(self) -> None:
+        """No echo will come (the listener is lost, or closing): deliver what
+        was sent, in order, and settle it (the backplane took it)."""
+        queue, self._queue = self._queue, deque()
+        for _, sent, start, count in queue:
+            self._release(sent, start, count)
+
+    def _release(self, sent: _Sent, start: int, count: int) -> None:
+        deliver = self._deliver
+        batch = sent.batch
+        receipt = sent.receipt
+        for i in range(start, start + count):
+            event_id = deliver(batch[i])
+            if event_id is not None:
+                if receipt.ids is None:
+                    receipt.ids = [None] * len(batch)
+                receipt.ids[i] = event_id
+        sent.waiting -= 1
+        if not sent.waiting:
+            receipt.settle()
