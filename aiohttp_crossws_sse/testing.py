@@ -54,14 +54,9 @@ from aiohttp.web import HTTPMethodNotAllowed
 from yarl import URL
 
 from . import SSEAdapter
+from ._describe import describe_event, describe_events
 from ._parser import EventStreamParser, ServerSentEvent
-from .client import (
-    EventSourceClient,
-    SSEClientError,
-    _describe_event,
-    _describe_events,
-    connect,
-)
+from .client import EventSourceClient, SSEClientError, connect
 
 if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpServer
@@ -123,6 +118,11 @@ class EventReader:
         """Comment lines read so far (the text after the colon)."""
         return self.parser.comments
 
+    @property
+    def events_seen(self) -> int:
+        """How many events were returned (``len(events)``, as for a client)."""
+        return len(self.events)
+
     async def _within(
         self, timeout: float | None, what: str, wait: Callable[[], Awaitable[T]]
     ) -> T:
@@ -136,7 +136,7 @@ class EventReader:
                 raise
             raise TimeoutError(
                 f"no {what} within {timeout}s from {self.response.url}; "
-                f"{_describe_events(self.events)}"
+                f"{describe_events(self.events)}"
             ) from None
         return result
 
@@ -152,7 +152,7 @@ class EventReader:
         while not self._pending:
             if self.eof:
                 raise SSEClientError(
-                    f"the event stream {self.response.url} ended; {_describe_events(self.events)}",
+                    f"the event stream {self.response.url} ended; {describe_events(self.events)}",
                     status=self.response.status,
                 )
             await self._read()
@@ -196,7 +196,7 @@ class EventReader:
                 if self.eof:
                     raise SSEClientError(
                         f"the event stream {self.response.url} ended before a comment; "
-                        f"{_describe_events(self.events)}",
+                        f"{describe_events(self.events)}",
                         status=self.response.status,
                     )
                 await self._read()
@@ -241,7 +241,7 @@ async def _wait(
             raise
         raise TimeoutError(
             f"no {wanted} within {timeout}s from {_where(source)}; "
-            f"{_describe_events(source.events)}"
+            f"{describe_events(source.events, source.events_seen)}"
         ) from None
     return event
 
@@ -321,7 +321,7 @@ async def assert_no_event(source: EventSource, *, within: float) -> None:
             return
         raise
     raise AssertionError(
-        f"expected no event within {within}s from {_where(source)}, got {_describe_event(event)}"
+        f"expected no event within {within}s from {_where(source)}, got {describe_event(event)}"
     )
 
 
@@ -503,7 +503,11 @@ class SSEClientFactory:
         last_event_id: str | None = None,
         reconnect: bool = False,
         retry: float = 3.0,
+        max_retry: float = 30.0,
         timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = DEFAULT_TIMEOUT,
+        keep: int | None = 100,
         session: aiohttp.ClientSession | None = None,
     ) -> EventSourceClient:
         """Open a stream and return its connected client.
@@ -511,7 +515,8 @@ class SSEClientFactory:
         ``adapter``, ``path`` and ``app`` choose the server (see
         :meth:`server`); ``query`` is added to the URL. The other arguments
         are those of :func:`aiohttp_crossws_sse.client.connect`; ``timeout``
-        bounds the wait for the response headers. When the server refuses
+        bounds the wait for the response headers and ``send_timeout`` each
+        ``send()`` (both 5 s here, a test's bound). When the server refuses
         the stream, :class:`~aiohttp_crossws_sse.client.SSEClientError`
         (with ``status`` and ``body``) is raised. The client comes back
         before any event is read: the peer is open once the first event
@@ -526,7 +531,11 @@ class SSEClientFactory:
             last_event_id=last_event_id,
             reconnect=reconnect,
             retry=retry,
+            max_retry=max_retry,
             timeout=timeout,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            keep=keep,
         )
         self.clients.append(client)
         try:
