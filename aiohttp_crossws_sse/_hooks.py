@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 from aiohttp import web
 
 from ._errors import SSEError
+from ._frame import FORBIDDEN_IN_HEADER
 
 if TYPE_CHECKING:
     from ._message import Message
@@ -36,7 +36,6 @@ __all__ = [
 
 logger = logging.getLogger("aiohttp_crossws_sse")
 
-_FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
 
@@ -237,7 +236,7 @@ class Upgrade:
                     self.headers = {}
                 for name, v in value.items():
                     text = str(v)
-                    if _FORBIDDEN_IN_HEADER.search(str(name)) or _FORBIDDEN_IN_HEADER.search(text):
+                    if FORBIDDEN_IN_HEADER.search(str(name)) or FORBIDDEN_IN_HEADER.search(text):
                         raise ValueError(f"upgrade hook: header {name!r} has a control character")
                     self.headers[str(name)] = text
             elif key == "context":
