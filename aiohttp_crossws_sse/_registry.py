@@ -220,7 +220,9 @@ class Registry(Generic[M]):
         event_id = message.id
         if history is not None and event_id is None:
             # ids of this instance's history (other instances give their own)
-            frame = history.record(message.topic, message.namespace, message.data, message.event)
+            frame = history.record(
+                message.topic, message.namespace, message.data, message.event, message.sender
+            )
             event_id = history.last_id()
         elif event_id is not None:
             frame = encode_published(message.data, event=message.event, id=event_id)
