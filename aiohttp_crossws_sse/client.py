@@ -537,6 +537,7 @@ class EventSourceClient:
         return await post_message(session, target, body, headers, self.send_timeout)
 
 
-#: ``connect(url, **options)``: a client for the SSE endpoint ``url``; the
-#: very class, so the options are written once (see ``EventSourceClient``).
 connect = EventSourceClient
+"""``connect(url, **options)``: a client for the SSE endpoint ``url``; the
+very class [`EventSourceClient`][aiohttp_crossws_sse.client.EventSourceClient],
+so the options are written once."""

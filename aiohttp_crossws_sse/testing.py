@@ -81,8 +81,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Seconds every helper waits by default before failing.
 DEFAULT_TIMEOUT = 5.0
+"""Seconds every helper waits by default before failing."""
 
 
 # -- reading a raw event stream ------------------------------------------------------
