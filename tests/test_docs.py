@@ -26,6 +26,7 @@ tests/browser/conftest.py).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import html.parser
@@ -244,12 +245,13 @@ def test_python_fragments_type_check(tmp_path: Path) -> None:
         name = f"doc_{stem}.py"
         (modules / name).write_text(fragment_module(block), encoding="utf-8")
         where[name] = block
-    # Packages without types of their own that a fragment imports as it shows.
+    # Packages the test venv lacks or that have no types (docs/migrating.md's
+    # sse-starlette app, aiohttp-cors): taken as untyped.
     (tmp_path / "mypy.ini").write_text(
         # the package from its source; a prelude's `def f() -> T: ...` is a signature
         f"[mypy]\nstrict = True\npython_version = 3.11\nmypy_path = {ROOT}\n"
         "disable_error_code = empty-body\n"
-        "[mypy-aiohttp_cors.*,aiohttp_session.*,cryptography.*]\nignore_missing_imports = True\n",
+        "[mypy-aiohttp_cors.*,sse_starlette.*,starlette.*]\nignore_missing_imports = True\n",
         encoding="utf-8",
     )
     result = subprocess.run(
@@ -644,3 +646,56 @@ async def test_cookie_sessions_guard_the_stream_and_its_posts_in_chromium(
         # a wrong password gets no session
         async with http.post(base + "login", data={"user": "eve", "password": "guess"}) as r:
             assert r.status == 403
+
+
+# -- docs/troubleshooting.md quotes the package ----------------------------------------
+
+
+def package_messages() -> list[re.Pattern[str]]:
+    """Every string the package's code holds, as a pattern: a placeholder
+    (``{...}`` of an f-string, ``%s``-style) matches anything."""
+    patterns = []
+    for path in (ROOT / "aiohttp_crossws_sse").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                parts = [
+                    re.escape(value.value)
+                    if isinstance(value, ast.Constant) and isinstance(value.value, str)
+                    else ".*"
+                    for value in node.values
+                ]
+                patterns.append("".join(parts))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                literal = re.split(r"(%[-+ #0]*\d*(?:\.\d+)?[sdrfg]|\{[^{}]*\})", node.value)
+                patterns.append(
+                    "".join(".*" if i % 2 else re.escape(part) for i, part in enumerate(literal))
+                )
+    return [re.compile(p, re.S) for p in patterns if len(re.sub(r"\\.|\.\*", "x", p)) >= 6]
+
+
+def test_troubleshooting_quotes_the_package_messages() -> None:
+    """Each message quoted in the tables after "Symptoms" (the first code
+    span of its row that reads as a message, with ``…`` for what varies)
+    is a message of the package."""
+    text = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
+    text = text[text.index("## HTTP answers") :]
+    messages = package_messages()
+    quoted: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("| ") or line.startswith("| ---"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        cell = cells[1] if cells[0] in ("ERROR", "WARNING", "INFO", "ERROR / WARNING") else cells[0]
+        quoted += [span for span in re.findall(r"`([^`]+)`", cell) if " " in span or "…" in span]
+    assert len(quoted) > 60, quoted
+    unknown = []
+    for quote in quoted:
+        for fragment in (f.strip() for f in quote.split("…")):
+            if len(fragment) < 4 or fragment in (",", ":", ";"):
+                continue
+            if not any(pattern.search(fragment) or fragment in pattern.pattern.replace("\\", "")
+                       for pattern in messages):  # fmt: skip
+                unknown.append(f"{fragment!r} (of `{quote}`)")
+    assert not unknown, "quoted in docs/troubleshooting.md, not in the package:\n" + "\n".join(
+        unknown
+    )
