@@ -286,6 +286,23 @@ def test_the_readme_is_one_screen_and_opens_with_the_setup_commands() -> None:
     assert prose == ["# aiohttp-crossws-sse"], f"the README opens with {prose} before them"
 
 
+def test_the_readme_links_reach_files_of_the_repository() -> None:
+    """The README links to the docs' Markdown sources (no hosted site): each
+    relative link names a file that exists, and an anchor one of its headings."""
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert len(relative) >= 10, relative
+    for link in relative:
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.is_file(), f"README.md links to {link}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README.md links to {link}: no such heading"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
