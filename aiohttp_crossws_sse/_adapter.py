@@ -363,7 +363,7 @@ def sse_adapter(
     ``HooksDict``); an object with hook attributes also works at run time,
     untyped. ``resolve``: ``(request) -> hooks | None``, called
     once per connection; its hooks run after the global ones. ``bidir``:
-    accept client messages over ``POST``. Options: see the README; a bad
+    accept client messages over ``POST``. Options: see docs/concepts.md ("Options"); a bad
     value raises ``ValueError``/``TypeError`` naming the option.
     """
     return SSEAdapter(hooks, resolve=resolve, bidir=bidir, **options)

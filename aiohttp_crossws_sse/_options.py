@@ -39,7 +39,7 @@ def _integer(name: str, value: Any, *, allow_none: bool = False, minimum: int = 
 
 
 class AdapterOptions(TypedDict, total=False):
-    """The keyword options of ``sse_adapter`` as types (README "Options"):
+    """The keyword options of ``sse_adapter`` as types (docs/concepts.md, "Options"):
     a misspelt name or a value of the wrong type is a type error — and a
     ``TypeError``/``ValueError`` naming the option at run time."""
 
@@ -65,7 +65,7 @@ class AdapterOptions(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Every option of ``sse_adapter`` (README "Options")."""
+    """Every option of ``sse_adapter`` (docs/concepts.md, "Options")."""
 
     keepalive: float = 15.0
     max_buffer: int = 1_048_576

@@ -46,9 +46,9 @@ class ServerSentEvent:
 
 
 class EventStreamParser:
-    """Turns ``text/event-stream`` bytes into :class:`ServerSentEvent` objects.
+    """Turns ``text/event-stream`` bytes into ``ServerSentEvent`` objects.
 
-    Call :meth:`feed` with each chunk as it arrives; chunks may split lines,
+    Call ``feed()`` with each chunk as it arrives; chunks may split lines,
     CRLF pairs and multibyte UTF-8 characters anywhere (invalid UTF-8 is
     replaced by U+FFFD). Lines are handled as soon as their terminator is
     seen, so a lone CR at the end of a chunk completes its line at once.

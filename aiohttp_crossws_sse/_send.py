@@ -42,7 +42,7 @@ async def post_message(
 
     Never follows a redirect (a 301 would turn the POST into a GET that
     reaches no peer) and ignores the session's ``raise_for_status``: any
-    other status raises :class:`SSEClientError`. ``timeout`` bounds the
+    other status raises ``SSEClientError``. ``timeout`` bounds the
     whole exchange (aiohttp's own 300 s does not apply).
     """
     deadline = asyncio.timeout(timeout)

@@ -1,8 +1,8 @@
-"""An asyncio Server-Sent Events client on :class:`aiohttp.ClientSession`.
+"""An asyncio Server-Sent Events client on ``aiohttp.ClientSession``.
 
 Works with any SSE endpoint; with an endpoint of this package in
 bidirectional mode it also knows the crossws peer id and can
-:meth:`~EventSourceClient.send` messages back::
+[send][EventSourceClient.send] messages back::
 
     async with connect("http://localhost:8080/sse") as client:
         await client.send({"hello": "world"})
@@ -59,7 +59,7 @@ def _optional_seconds(name: str, value: object) -> float | None:
 class EventSourceClient:
     """One SSE stream, read on demand by the task that iterates it.
 
-    ``async for event in client`` yields :class:`ServerSentEvent` objects;
+    ``async for event in client`` yields [ServerSentEvent][] objects;
     iteration ends when the stream ends, unless the client reconnects.
     ``crossws-id`` events are consumed: they update ``id`` and are not
     yielded. Only one task may read events at a time.
@@ -67,9 +67,9 @@ class EventSourceClient:
     Nothing is sent until it is used: as ``async with connect(url) as
     client:`` (or ``await connect(url)`` and later ``await client.close()``).
     Without ``session`` the client creates one and closes it on
-    :meth:`close`; a given session is left open (its ``raise_for_status``
-    is not applied: refusals raise :class:`SSEClientError`). ``headers`` are
-    sent with every request (also the POSTs of :meth:`send`).
+    [close][EventSourceClient.close]; a given session is left open (its ``raise_for_status``
+    is not applied: refusals raise [SSEClientError][]). ``headers`` are
+    sent with every request (also the POSTs of [send][EventSourceClient.send]).
     ``last_event_id`` is sent as ``Last-Event-ID`` on the first request.
 
     Memory stays bounded on an endless stream: ``events`` and ``comments``
@@ -84,7 +84,7 @@ class EventSourceClient:
     package's server answers at ``max_peers`` and while shutting down) waits
     at least that long. No wait exceeds ``max_retry`` seconds (a server's
     longer ``retry:`` or ``Retry-After`` included). Other refusals raise
-    :class:`SSEClientError`; a ``204`` ends the stream for good.
+    [SSEClientError][]; a ``204`` ends the stream for good.
 
     Timeouts, in seconds (``None``: no bound): ``timeout`` bounds each wait
     for the response headers. ``idle_timeout`` bounds the silence of an open
@@ -92,7 +92,7 @@ class EventSourceClient:
     every ``keepalive`` seconds, 15 by default) is never silent for long,
     so a stream that stays silent longer is taken for a dead (half-open)
     connection and dropped; choose two to three times the server's
-    keep-alive interval. ``send_timeout`` bounds each :meth:`send`. Every
+    keep-alive interval. ``send_timeout`` bounds each [send][EventSourceClient.send]. Every
     bad value raises ``ValueError`` or ``TypeError`` naming the parameter.
     """
 
@@ -172,7 +172,7 @@ class EventSourceClient:
     @property
     def stream_url(self) -> URL:
         """The URL the current (or last) stream was served from: ``url``, or
-        where its redirects led. :meth:`send` posts there."""
+        where its redirects led. [send][EventSourceClient.send] posts there."""
         return self.response.url
 
     @property
@@ -206,7 +206,7 @@ class EventSourceClient:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether [close][EventSourceClient.close] was called."""
         return self._closed
 
     # -- opening and closing -----------------------------------------------
@@ -214,7 +214,7 @@ class EventSourceClient:
     async def connected(self) -> EventSourceClient:
         """Open the stream if it is not open yet; return the client.
 
-        Raises :class:`SSEClientError` when the status is not 200 or the
+        Raises [SSEClientError][] when the status is not 200 or the
         content type is not ``text/event-stream``, ``TimeoutError`` when the
         headers do not come within ``timeout``, and aiohttp's connection
         errors as they are (the first connection is never retried).
@@ -357,7 +357,7 @@ class EventSourceClient:
         """Return the next event, waiting at most ``timeout`` seconds in all.
 
         Raises ``TimeoutError`` when none comes in time (keep-alive comments
-        do not count), and :class:`SSEClientError` when the stream ended.
+        do not count), and [SSEClientError][] when the stream ended.
         Either message is short: the URL, the number of events seen and the
         last few of them, their data cut short. A timeout loses nothing: the
         next call goes on reading. (``aiohttp_crossws_sse.testing`` follows
@@ -461,7 +461,7 @@ class EventSourceClient:
         """Wait for the reconnection time, then reconnect until it works.
 
         Connection failures, timeouts and a ``503`` with ``Retry-After`` are
-        retried; any other refusal raises :class:`SSEClientError`; a 204
+        retried; any other refusal raises [SSEClientError][]; a 204
         returns False.
         """
         loop = asyncio.get_running_loop()
@@ -498,15 +498,15 @@ class EventSourceClient:
 
         Needs the crossws peer ``id`` (bidirectional mode), sent as the
         ``x-crossws-id`` header. ``str`` is sent as UTF-8 text, ``bytes`` as
-        is, a dict or list as JSON. The POST goes to :attr:`stream_url`, the
+        is, a dict or list as JSON. The POST goes to [stream_url][EventSourceClient.stream_url], the
         URL the stream was served from after any redirect, and never follows
         a redirect itself (a redirected POST would reach no peer). When that
         redirect left the stream's origin, the ``Authorization`` and
         ``Cookie`` headers given as ``headers`` are not sent, as aiohttp did
         not send them for the stream (and a session with credentials of its
-        own, ``auth`` or default headers, raises :class:`SSEClientError`).
+        own, ``auth`` or default headers, raises [SSEClientError][]).
 
-        Raises :class:`SSEClientError` without a peer id or when the status
+        Raises [SSEClientError][] without a peer id or when the status
         is not 2xx (a redirect included: the message was not delivered),
         ``TimeoutError`` when no response comes within ``send_timeout``
         seconds (the message may or may not have arrived), and aiohttp's
@@ -537,6 +537,7 @@ class EventSourceClient:
         return await post_message(session, target, body, headers, self.send_timeout)
 
 
-#: ``connect(url, **options)``: a client for the SSE endpoint ``url``; the
-#: very class, so the options are written once (see ``EventSourceClient``).
 connect = EventSourceClient
+"""``connect(url, **options)``: a client for the SSE endpoint ``url``; the
+very class [EventSourceClient][],
+so the options are written once."""

@@ -1,4 +1,4 @@
-"""README "Deploying", each part
+"""docs/deployment.md, each part
 against real servers on 127.0.0.1.
 
 - nginx (Debian's) runs ``deploy/nginx.conf`` itself, with only the upstream
@@ -57,6 +57,7 @@ from aiohttp_crossws_sse.testing import EventReader, wait_until
 from tests.backplanes import RedisServer, redis_server_fixture, running_redis  # noqa: F401
 from tests.browser import conftest as browser_conftest
 from tests.conftest import keepalives_written
+from tests.test_docs import doc_block
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -125,22 +126,19 @@ def tail(log: IO[bytes], size: int = 4000) -> str:
 # -- the doc -----------------------------------------------------------------------------
 
 
-def deploying_doc() -> str:
-    """README's "Deploying" section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Deploying\n")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end != -1 else None]
-
-
-def code_blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+# The doc's gunicorn commands (docs/deployment.md, `<!-- check: run NAME -->`).
+def gunicorn_commands() -> list[str]:
+    return [
+        doc_block("deploy-gunicorn"),
+        doc_block("deploy-gunicorn-conf"),
+        doc_block("deploy-history"),
+    ]
 
 
 def doc_command(marker: str) -> tuple[dict[str, str], list[str]]:
     """The doc's shell command containing ``marker``: its ``VAR=value`` prefix
     and its arguments after ``gunicorn``."""
-    for block in code_blocks(deploying_doc(), "sh"):
+    for block in gunicorn_commands():
         for line in block.replace("\\\n", " ").splitlines():
             if marker in line:
                 words = shlex.split(line.split("#", 1)[0])
@@ -549,19 +547,13 @@ def test_nginx_conf_directives() -> None:
     keepalive = sse_adapter().options.keepalive
     assert int(found[1]) * units[found[2]] >= 3 * keepalive, read_timeout
 
-    shown = [
-        block for block in code_blocks(deploying_doc(), "nginx") if "location = /sse {" in block
-    ]
-    assert len(shown) == 1, "the doc shows the stream's location once"
-    assert directives(sse_location(shown[0])) == location, "the doc and deploy/nginx.conf differ"
+    shown = doc_block("nginx-sse-location")
+    assert directives(sse_location(shown)) == location, "the doc and deploy/nginx.conf differ"
     # and the location that answers for an absent app, as the file has it
     fallback = directives(fallback_location(NGINX_CONF.read_text(encoding="utf-8")))
-    shown = [
-        block for block in code_blocks(deploying_doc(), "nginx") if "@sse_unavailable {" in block
-    ]
-    assert len(shown) == 1, "the doc shows the fallback location once"
-    assert FALLBACK in directives(shown[0]), "the doc shows the error_page line with it"
-    assert directives(fallback_location(shown[0])) == fallback, "the doc and the file differ"
+    shown = doc_block("nginx-fallback")
+    assert FALLBACK in directives(shown), "the doc shows the error_page line with it"
+    assert directives(fallback_location(shown)) == fallback, "the doc and the file differ"
 
 
 # -- nginx while the app is down -----------------------------------------------------------
@@ -1038,10 +1030,10 @@ def cors_app(hooks: Any, origin: str = ORIGIN) -> web.Application:
     """The doc's aiohttp-cors code, as written (with ``origin`` for its origin)."""
     if importlib.util.find_spec("aiohttp_cors") is None:
         missing("aiohttp-cors", "pip install aiohttp-cors")
-    (code,) = [block for block in code_blocks(deploying_doc(), "python") if "aiohttp_cors" in block]
-    assert ORIGIN in code
+    code = doc_block("cors")
+    assert "aiohttp_cors" in code and ORIGIN in code
     namespace: dict[str, Any] = {"hooks": hooks}
-    exec(compile(code.replace(ORIGIN, origin), "README.md", "exec"), namespace)
+    exec(compile(code.replace(ORIGIN, origin), "docs/deployment.md", "exec"), namespace)
     app: web.Application = namespace["app"]
     assert [route.method for route in namespace["routes"]] == ["GET", "POST"]
     return app
@@ -1257,7 +1249,8 @@ def _page_app() -> web.Application:
 
 def keep_event_source_js() -> str:
     """The doc's keepEventSource, as written."""
-    (code,) = [b for b in code_blocks(deploying_doc(), "js") if "function keepEventSource" in b]
+    code = doc_block("keep-event-source")
+    assert "function keepEventSource" in code
     return code
 
 
