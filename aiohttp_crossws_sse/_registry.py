@@ -136,6 +136,13 @@ class Registry(Generic[M]):
         self.history = None
         self.replay_source = source
 
+    def hears_everything(self) -> bool:
+        """Whether every publish of the cluster reaches this instance now:
+        without a backplane, or while it is connected. (A replay from this
+        instance's own history cannot prove itself complete otherwise.)"""
+        sync = self.options.sync
+        return sync is None or bool(sync.up)
+
     def history_gap(self) -> None:
         """This instance may have missed publishes (a backplane outage): its
         own history can no longer prove a replay complete, so it starts a new

@@ -78,6 +78,12 @@ class Sync(ABC):
     #: then, so every instance delivers a topic's events in the same order.
     ordered: bool = False
 
+    @property
+    def up(self) -> bool:
+        """Whether the others' publishes reach this instance now (a backend
+        that can lose its connection says ``False`` while it is lost)."""
+        return True
+
     @abstractmethod
     async def start(self, link: SyncLink) -> None:
         """Connect; call ``link.deliver`` for every publish made by *another* instance."""
