@@ -135,6 +135,7 @@ from _harness import (
     cpus,
     exit_on_sigterm,
     free_port,
+    machine_busy_seconds,
     pinned,
     pinning,
     raise_nofile,
@@ -1150,6 +1151,7 @@ class Collected:
     final_peers: list[int | None] = field(default_factory=list)
     own_cpu: float = 0.0  # this process (the publishers), seconds
     redis_cpu: float = 0.0
+    machine_busy: float = 0.0  # CPU seconds of every process on the machine over the run
 
 
 async def orchestrate(
@@ -1163,6 +1165,7 @@ async def orchestrate(
 ) -> None:
     loop = asyncio.get_running_loop()
     _server_cpu, client_cpus = pinning(args.pin)
+    out.machine_busy = -machine_busy_seconds()
     await redis.start()
     for inst in instances:
         await inst.start()
@@ -1295,6 +1298,7 @@ async def orchestrate(
             inc.end = proc_reading(inc.pid)
     times = os.times()
     out.own_cpu = times.user + times.system
+    out.machine_busy += machine_busy_seconds()
 
 
 def elapsed(t0: int) -> str:
@@ -1947,6 +1951,7 @@ def report(
         "publishers (this process)": col.own_cpu,
         "redis-server": col.redis_cpu,
     }
+    cpu["other processes on the machine"] = max(0.0, col.machine_busy - sum(cpu.values()))
 
     def line(label: str, text: str) -> None:
         print(f"{label + ':' if label else '':<30}{text}")
@@ -2153,15 +2158,16 @@ def report(
 def refused_while_up(
     publisher: Publisher, windows: list[list[tuple[int, int]]], t0: int
 ) -> list[tuple[str, float, float]]:
-    """Publishes refused by an instance that was subscribed to Redis at the time:
-    (instance, when (s into the run), seconds since its last outage ended)."""
+    """Publishes refused by an instance that was subscribed to Redis all along
+    (from the request to its answer): (instance, when (s into the run), seconds
+    since its last outage ended)."""
     out = []
     for rec in publisher.records:
         for k, oc in enumerate(rec.outcome):
             if oc != REFUSED:
                 continue
             inst, t = rec.inst[k], rec.send[k]
-            if any(a <= t <= b for a, b in windows[inst]):
+            if any(rec.ack[k] >= a and t <= b for a, b in windows[inst]):
                 continue
             ends = [b for _a, b in windows[inst] if b < t]
             since = (t - max(ends)) / NS if ends else float("inf")
