@@ -61,11 +61,13 @@ whose publish (request sent .. answer) overlaps a window when instance I was
 not subscribed to Redis: from 50 ms before a Redis kill until I logged
 "reconnected to ..." (``chaos_node.py`` prints those moments), or from 1 s
 before an outage I reported with no kill behind it. An event replayed from
-the history is never excused. Excused events that a client never received
-are still counted (*missed, excused*), with how many of those clients later
-resumed from an id past their gap and were told ``recovered`` True: a
-stream that stays open through a Redis restart misses, without any sign,
-what the cluster published before its instance resubscribed.
+the history is never excused. Such an excuse holds only if the client was
+told: once back, an instance that may have missed publishes ends its streams
+(code 1012) and its clients resume; so the event counts as *missed, told*
+when the client's next resume after it gave ``recovered`` False, but as
+**lost** (a *silent gap*) when the same stream went on to a later id of the
+event's epoch, or the next resume came from past the event and said
+``recovered`` True.
 
 An owed event that the client never received, in that session or any other,
 is **lost**. *Lost while recovered True* counts those owed by a fresh session
@@ -1449,10 +1451,8 @@ def account(
     odd_false: list[dict[str, Any]] = []
     hello_missing = 0
     replayed = 0
-    excused_total = 0
-    silent_clients = 0
-    true_past_gap = 0  # clients among them
-    silent_examples: list[Lost] = []
+    told_total = told_clients = 0
+    told_examples: list[Lost] = []
     redis_down = [(f.t, f.t_back or col.t_end) for f in col.faults if f.kind == "redis"]
     epoch_since = epoch_timeline(publisher, col)
     for load in col.loads:
@@ -1460,7 +1460,9 @@ def account(
             t = topics[c["topic"]]
             rec = publisher.records[t]
             seen = int.from_bytes(bytes.fromhex(c["seen"]), "little")
-            owed_true = owed_false = silent = 0
+            owed_true = owed_false = 0
+            missed: list[tuple[int, dict[str, Any]]] = []  # (excused, not received; session)
+            told_by: list[tuple[int, dict[str, Any]]] = []  # sessions with an outcome, by start
             for row in c["sessions"]:
                 s = dict(zip(ROW, row, strict=True))
                 sessions_total += 1
@@ -1478,6 +1480,7 @@ def account(
                 else:
                     outcomes["other"] += 1
                     continue
+                told_by.append((s["t0"], s))
                 if s["rec"] == "False":
                     why = why_false(
                         s,
@@ -1504,7 +1507,8 @@ def account(
                 limit = max(bisect.bisect_right(rec.ack, s["end"] - grace), s["maxk"])
                 ex = excused[t][inst]
                 live = rng_mask(bisect.bisect_right(rec.send, s["hello"]), limit) & accepted[t]
-                silent |= live & ex & ~seen
+                if live & ex & ~seen:
+                    missed.append((live & ex & ~seen, s))
                 owed = live & ~ex
                 if s["rec"] == "True":
                     position = parse_id(s["resume"])
@@ -1520,27 +1524,22 @@ def account(
                     owed_false |= owed
                 else:
                     owed_true |= owed
-            if silent:
-                silent_clients += 1
-                excused_total += silent.bit_count()
-                # a later resume from past the gap, in its epoch, said recovered True
-                low_k = (silent & -silent).bit_length() - 1
-                gap = (rec.epoch[low_k], rec.seq[low_k])
-                for row in c["sessions"]:
-                    position = parse_id(row[ROW.index("resume")])
-                    if row[ROW.index("rec")] == "True" and position is not None:
-                        epoch = publisher._epoch_index.get(position[0])
-                        if epoch == gap[0] and position[1] > gap[1]:
-                            true_past_gap += 1
-                            break
-                if len(silent_examples) < 5:
-                    low = silent & -silent
-                    silent_examples.append(
-                        Lost(c["cid"], c["topic"], low.bit_length() - 1, "excused")
-                    )
             missing_true = owed_true & ~seen
             missing_false = owed_false & ~seen & ~owed_true
-            for mask, kind in ((missing_true, "true"), (missing_false, "false")):
+            silent, told = silent_or_told(missed, told_by, rec, publisher)
+            silent &= ~missing_true & ~missing_false
+            told &= ~silent & ~missing_true & ~missing_false
+            if told:
+                told_clients += 1
+                told_total += told.bit_count()
+                if len(told_examples) < 5:
+                    low = told & -told
+                    told_examples.append(Lost(c["cid"], c["topic"], low.bit_length() - 1, "told"))
+            for mask, kind in (
+                (missing_true, "true"),
+                (silent, "silent"),
+                (missing_false, "false"),
+            ):
                 while mask:
                     low = mask & -mask
                     lost.append(Lost(c["cid"], c["topic"], low.bit_length() - 1, kind))
@@ -1554,15 +1553,55 @@ def account(
         "odd_false": odd_false,
         "hello_missing": hello_missing,
         "replayed": replayed,
-        "lost_true": sum(1 for x in lost if x.kind == "true"),
+        "lost_true": sum(1 for x in lost if x.kind in ("true", "silent")),
+        "lost_silent": sum(1 for x in lost if x.kind == "silent"),
         "lost_false": sum(1 for x in lost if x.kind == "false"),
         "lost_examples": examples,
         "lost_all": [[x.cid, x.topic, x.k, x.kind] for x in lost[:1000]],
-        "excused_not_received": excused_total,
-        "excused_clients": silent_clients,
-        "excused_true_past_gap": true_past_gap,
-        "excused_examples": [lost_detail(x, publisher, col, windows) for x in silent_examples],
+        "told": told_total,
+        "told_clients": told_clients,
+        "told_examples": [lost_detail(x, publisher, col, windows) for x in told_examples],
     }
+
+
+def silent_or_told(
+    missed: list[tuple[int, dict[str, Any]]],
+    told_by: list[tuple[int, dict[str, Any]]],
+    rec: Published,
+    publisher: Publisher,
+) -> tuple[int, int]:
+    """The events a client's instance missed while not subscribed (``missed``:
+    per session, a mask of them), split: *silent* (lost: the stream went on
+    with a later id of the event's epoch, or the client's next resume after
+    the event came from past it and said ``recovered`` True) and *told* (its
+    next resume gave ``recovered`` False, or it had none)."""
+
+    def position(value: str | None) -> tuple[int, int] | None:
+        parsed = parse_id(value)
+        epoch = publisher._epoch_index.get(parsed[0]) if parsed else None
+        return (epoch, parsed[1]) if parsed is not None and epoch is not None else None
+
+    starts = [t for t, _s in told_by]
+    silent = told = 0
+    for mask, s in missed:
+        last = position(s["last_id"])
+        rest = mask
+        while rest:
+            low = rest & -rest
+            rest ^= low
+            k = low.bit_length() - 1
+            gap = (rec.epoch[k], rec.seq[k])
+            past = last is not None and last[0] == gap[0] and last[1] > gap[1]
+            if not past:
+                i = bisect.bisect_right(starts, rec.ack[k])
+                if i < len(told_by) and told_by[i][1]["rec"] == "True":
+                    resumed = position(told_by[i][1]["resume"])
+                    past = resumed is not None and resumed[0] == gap[0] and resumed[1] > gap[1]
+            if past:
+                silent |= low
+            else:
+                told |= low
+    return silent, told
 
 
 def epoch_timeline(publisher: Publisher, col: Collected) -> list[tuple[int, int]]:
@@ -1975,7 +2014,8 @@ def report(
     )
     line(
         "LOST while recovered True",
-        f"{acc['lost_true']:,}   (fresh or recovered-True sessions; must be 0)",
+        f"{acc['lost_true']:,}   (fresh or recovered-True sessions; must be 0); of which "
+        f"{acc['lost_silent']:,} silent gaps across a backplane outage",
     )
     line(
         "lost after recovered False", f"{acc['lost_false']:,}   (live, after the hello; must be 0)"
@@ -2013,15 +2053,10 @@ def report(
             f'"reconnected" ({soon} of them within 5 s of it)',
         )
     line(
-        "missed, excused",
-        f"{acc['excused_not_received']:,} accepted events on {acc['excused_clients']:,} clients, "
-        "never received: published while the client's instance was not subscribed to Redis "
-        "(pub/sub is at most once; nothing told those clients)",
-    )
-    line(
-        "",
-        f"of those clients, {acc['excused_true_past_gap']:,} later resumed from an id past "
-        "their gap and got recovered True",
+        "missed, told",
+        f"{acc['told']:,} accepted events on {acc['told_clients']:,} clients never received: "
+        "published while the client's instance was not subscribed to Redis, and the "
+        "client's next resume said recovered False (excused)",
     )
     if connect_failed:
         line("connects that failed", ", ".join(f"{k} {v:,}" for k, v in connect_failed.items()))
@@ -2110,10 +2145,10 @@ def report(
             "replay_failures": replay_failed,
             "connect_failures": connect_failed,
             "refused_while_subscribed": odd_refused[:1000],
-            "excused_not_received": acc["excused_not_received"],
-            "excused_clients": acc["excused_clients"],
-            "excused_true_past_gap": acc["excused_true_past_gap"],
-            "excused_examples": acc["excused_examples"],
+            "lost_silent": acc["lost_silent"],
+            "missed_told": acc["told"],
+            "missed_told_clients": acc["told_clients"],
+            "missed_told_examples": acc["told_examples"],
             "latency": lat,
             "published_by_phase": {
                 k: {str(kk): vv for kk, vv in v.items()} for k, v in pubs.items()
