@@ -82,9 +82,13 @@ previous one of its epoch in the session would break ``ordered=True``
 at the connect, the instance not subscribed, the id's epoch gone (Redis
 restarted), events after the id evicted (more than ``--history`` since), the
 replay failed (the instances' ``error`` hook reports each, with its cause),
-or other. The exit status is 1 when any event was lost (either count), a
-duplicate was received, or the run broke down (a process failed, the clients
-never got ready); 0 otherwise.
+or other. For resumes, the time from the connect to the outcome (the hello,
+i.e. the replay's end) is reported, and the sessions that had none after 10 s
+(a replay still running: events flow, ``wait_recovered()`` waits).
+
+The exit status is 1 when any event was lost (either count), a duplicate was
+received, or the run broke down (a process failed, the clients never got
+ready); 0 otherwise.
 
 Latency: publish (the instance's clock just before ``sse.publish``) ->
 receive, all processes reading CLOCK_MONOTONIC, of live deliveries only
@@ -1451,6 +1455,8 @@ def account(
     odd_false: list[dict[str, Any]] = []
     hello_missing = 0
     replayed = 0
+    no_hello: list[dict[str, Any]] = []
+    waits: list[float] = []  # resumes: connect -> hello (the recovered outcome), s
     told_total = told_clients = 0
     told_examples: list[Lost] = []
     redis_down = [(f.t, f.t_back or col.t_end) for f in col.faults if f.kind == "redis"]
@@ -1471,6 +1477,19 @@ def account(
                     outcomes["no hello"] += 1
                     if s["end"] - s["t0"] > 10 * NS:
                         hello_missing += 1
+                        if len(no_hello) < 20:
+                            no_hello.append(
+                                {
+                                    "client": c["cid"],
+                                    "instance": "ABCDEFGHIJ"[inst],
+                                    "connect_s": round((s["t0"] - col.t0) / NS, 3),
+                                    "end_s": round((s["end"] - col.t0) / NS, 3),
+                                    "why_ended": s["why"],
+                                    "resume": s["resume"],
+                                    "events": s["n"],
+                                    "replayed": s["replayed"],
+                                }
+                            )
                     continue
                 if s["resume"] is None:
                     outcomes["fresh" if s["rec"] == "None" else "other"] += 1
@@ -1481,6 +1500,8 @@ def account(
                     outcomes["other"] += 1
                     continue
                 told_by.append((s["t0"], s))
+                if s["resume"] is not None:
+                    waits.append((s["hello"] - s["t0"]) / NS)
                 if s["rec"] == "False":
                     why = why_false(
                         s,
@@ -1552,6 +1573,11 @@ def account(
         "false_why": false_why,
         "odd_false": odd_false,
         "hello_missing": hello_missing,
+        "outcome_wait_s": [
+            round(q, 3)
+            for q in (percentile(waits, 0.5), percentile(waits, 0.99), max(waits or [0]))
+        ],
+        "no_hello": no_hello,
         "replayed": replayed,
         "lost_true": sum(1 for x in lost if x.kind in ("true", "silent")),
         "lost_silent": sum(1 for x in lost if x.kind == "silent"),
@@ -1604,6 +1630,11 @@ def silent_or_told(
     return silent, told
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
 def epoch_timeline(publisher: Publisher, col: Collected) -> list[tuple[int, int]]:
     """(first ack in the epoch, epoch index), ascending."""
     first: dict[int, int] = {}
@@ -1631,7 +1662,7 @@ def why_false(
     t0 = s["t0"]
     i = bisect.bisect_left(failures, (t0, ""))
     failed = failures[i][1] if i < len(failures) and failures[i][0] <= s["hello"] else None
-    if any(a <= t0 <= b + NS for a, b in redis_down):
+    if any(a <= t0 <= b for a, b in redis_down):
         return "Redis down at the connect"
     if any(a <= t0 <= b for a, b in windows):
         return "instance not subscribed"
@@ -1850,6 +1881,9 @@ def main() -> None:
         help="pin the instances to the first CPU, the rest to the others",
     )
     ap.add_argument("--json", help="write the full report to this file")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep every process's log (printed path), pass or fail"
+    )
     # internal: run as a load-client process
     ap.add_argument("--load-client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ports", help=argparse.SUPPRESS)
@@ -1948,7 +1982,7 @@ def soak(args: argparse.Namespace) -> int:
         print("INVALID: " + "; ".join(col.problems or ["the run did not complete"]))
     else:
         ok = report(args, publisher, instances, col)
-    if ok:
+    if ok and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"(logs of every process kept in {workdir})")
@@ -2026,9 +2060,16 @@ def report(
         "sessions",
         f"{acc['sessions']:,}: {out['fresh']:,} fresh connects, "
         f"{out['True'] + out['False']:,} resumes: recovered True {out['True']:,}, False "
-        f"{out['False']:,}; {out['no hello']:,} ended before their hello "
-        f"({acc['hello_missing']} of them after > 10 s)"
+        f"{out['False']:,}; {out['no hello']:,} ended before their hello"
         + (f"; {out['other']} other" if out["other"] else ""),
+    )
+    p50, p99, top = acc["outcome_wait_s"]
+    line(
+        "resume -> recovered known",
+        f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {top:.2f} s (connect to hello, i.e. the "
+        f"replay's end); {acc['hello_missing']:,} sessions still had no outcome after "
+        "> 10 s when they ended (their replay still running: events flow, wait_recovered() "
+        "waits)",
     )
     if acc["false_why"]:
         line(
@@ -2108,6 +2149,8 @@ def report(
     ):
         for ex in examples.get(kind, [])[:5]:
             print(f"{label}: {ex}")
+    for ex in acc["no_hello"][:3]:
+        print("no hello after 10 s: " + json.dumps(ex))
     for ex in acc["odd_false"][:3]:
         print("recovered False, unexplained: " + json.dumps(ex))
     for ex in acc["lost_examples"][:5]:
@@ -2141,6 +2184,8 @@ def report(
             "id_out_of_order": id_ooo,
             "sessions": acc["sessions"],
             "outcomes": out,
+            "outcome_wait_s_p50_p99_max": acc["outcome_wait_s"],
+            "no_outcome_after_10s": acc["hello_missing"],
             "false_why": acc["false_why"],
             "replay_failures": replay_failed,
             "connect_failures": connect_failed,
@@ -2182,6 +2227,7 @@ def report(
             "problems": col.problems,
             "examples": examples,
             "unexplained_false": acc["odd_false"],
+            "no_hello_examples": acc["no_hello"],
             "lost_examples": acc["lost_examples"],
             "lost": acc["lost_all"],
             "ok": ok,
