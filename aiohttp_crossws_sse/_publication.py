@@ -22,13 +22,16 @@ class Receipt:
     """The backplane's answer for the publishes of one round trip: settled
     once, with their ids (when the backplane gives them) or an error."""
 
-    __slots__ = ("_woken", "done", "error", "ids")
+    __slots__ = ("_woken", "done", "error", "ids", "spared")
 
     def __init__(self) -> None:
         self.done = False
         self.error: BackplaneError | None = None
         #: The batch's event ids by position, when the backplane gives ids.
         self.ids: list[str | None] | None = None
+        #: With ``error``: how many of the batch's first publishes were
+        #: taken all the same (the round trip failed part-way).
+        self.spared = 0
         self._woken: asyncio.Event | None = None  # made by the first awaiter only
 
     @classmethod
@@ -44,10 +47,12 @@ class Receipt:
             if self._woken is not None:
                 self._woken.set()
 
-    def fail(self, error: BackplaneError) -> None:
-        """The backplane did not take the batch (first answer wins)."""
+    def fail(self, error: BackplaneError, spared: int = 0) -> None:
+        """The backplane did not take the batch — but for its first
+        ``spared`` publishes (first answer wins)."""
         if not self.done:
             self.error = error
+            self.spared = spared
             self.settle()
 
     async def wait(self) -> None:
@@ -82,7 +87,7 @@ class Publication:
             return self.id
         await receipt.wait()
         error = receipt.error
-        if error is not None:
+        if error is not None and self.index >= receipt.spared:
             # a fresh exception per awaiter: one raised object shared by many
             # would collect every awaiter's traceback
             raise BackplaneError(*error.args) from error.__cause__

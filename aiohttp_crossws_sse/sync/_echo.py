@@ -6,7 +6,11 @@ other instances' envelopes: so every instance delivers one sequence. What
 comes back is only the envelope's sequence number: the publishes themselves
 (and the peer that made them, who does not get them) are kept here, so an
 echo is never decoded. The receipt of a batch settles once all of its
-envelopes were heard back: the awaited publish has then been delivered here.
+envelopes were heard back (the awaited publish has then been delivered
+here), or once they were delivered without their echo (an outage) and the
+send itself succeeded — never on a flush alone: a backplane that hangs may
+never have taken them. A publish that is not relayed at all (refused) is
+delivered after this instance's own publishes made before it (``hold``).
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ OWN = "\x00"
 class _Sent:
     """One batch the writer sends in ordered mode."""
 
-    __slots__ = ("batch", "offset", "receipt", "waiting")
+    __slots__ = ("after", "batch", "flushed", "offset", "receipt", "taken", "waiting")
 
     def __init__(self, batch: list[Relayed], receipt: Receipt) -> None:
         self.batch = batch
         self.receipt = receipt
         self.offset = 0  # publishes given to envelopes so far
         self.waiting = 0  # envelopes not heard back yet
+        self.taken = False  # the send succeeded
+        self.flushed = False  # some envelope was delivered without its echo
+        self.after: list[Relayed] = []  # refused publishes made after this batch
 
 
 class Echoes:
@@ -46,11 +53,35 @@ class Echoes:
         self._deliver = deliver
         self._queue: deque[tuple[int, _Sent, int, int]] = deque()  # seq, batch, start, count
         self._sending: _Sent | None = None
+        self._last: _Sent | None = None  # the newest batch sent
+        self._held: list[Relayed] = []  # refused while a batch waits to be sent
 
     def sending(self, batch: list[Relayed], receipt: Receipt) -> None:
         """The writer is about to pack ``batch`` into envelopes."""
         if self.active:
-            self._sending = _Sent(batch, receipt)
+            sent = self._sending = self._last = _Sent(batch, receipt)
+            sent.after, self._held = self._held, []
+
+    def hold(self, message: Relayed, queued: bool) -> None:
+        """``message`` is not relayed (refused): deliver it here after this
+        instance's own publishes before it — the batch waiting to be sent
+        (``queued``), else the newest one sent — so that the publisher's
+        order holds locally."""
+        if queued:
+            self._held.append(message)
+            return
+        last = self._last
+        if last is not None and last.waiting:
+            last.after.append(message)
+        else:
+            self._deliver(message)
+
+    def release_held(self) -> None:
+        """The waiting batch was delivered here without being sent: what
+        ``hold`` kept for after it follows now."""
+        held, self._held = self._held, []
+        for message in held:
+            self._deliver(message)
 
     def expect(self, seq: int, count: int) -> None:
         """Envelope ``seq`` carries the next ``count`` publishes of the batch being packed."""
@@ -64,7 +95,12 @@ class Echoes:
         """The writer sent the batch: whether its receipt settles when it
         comes back (else the writer settles it now)."""
         sent, self._sending = self._sending, None
-        return sent is not None
+        if sent is None:
+            return False
+        sent.taken = True
+        if not sent.waiting:  # delivered already, without its echo (an outage)
+            receipt.settle()
+        return True
 
     def heard(self, seq: int) -> None:
         """Own envelope ``seq`` came back: deliver it, and any sent before it
@@ -85,16 +121,16 @@ class Echoes:
         self._queue = deque(entry for entry in queue if entry[1].receipt is not receipt)
         for _, sent, start, count in queue:
             if sent.receipt is receipt:
-                self._release(sent, start, count)
+                self._release(sent, start, count, heard=False)
 
     def flush(self) -> None:
         """No echo will come (the listener is lost, or closing): deliver what
-        was sent, in order, and settle it (the backplane took it)."""
+        was sent, in order; a receipt settles only once its send succeeded."""
         queue, self._queue = self._queue, deque()
         for _, sent, start, count in queue:
-            self._release(sent, start, count)
+            self._release(sent, start, count, heard=False)
 
-    def _release(self, sent: _Sent, start: int, count: int) -> None:
+    def _release(self, sent: _Sent, start: int, count: int, heard: bool = True) -> None:
         deliver = self._deliver
         batch = sent.batch
         receipt = sent.receipt
@@ -105,5 +141,11 @@ class Echoes:
                     receipt.ids = [None] * len(batch)
                 receipt.ids[i] = event_id
         sent.waiting -= 1
+        if not heard:
+            sent.flushed = True
         if not sent.waiting:
-            receipt.settle()
+            if sent.taken or not sent.flushed:  # an echo proves it was taken
+                receipt.settle()
+            after, sent.after = sent.after, []
+            for message in after:
+                deliver(message)

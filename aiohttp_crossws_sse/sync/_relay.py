@@ -28,7 +28,18 @@ from ._redact import quotes, scrub
 from ._reports import MAX_SENDERS, GapReport, LossReport, OutageReport, logger, why
 from .base import Relayed, Sync, SyncLink
 
-__all__ = ["RelaySync", "logger", "positive"]
+__all__ = ["PartlySent", "RelaySync", "logger", "positive"]
+
+
+class PartlySent(Exception):
+    """Raised by a backend's ``_send`` that failed after its first
+    ``envelopes`` envelopes were taken (committed): their publishes count as
+    relayed; the cause is the ``__cause__``."""
+
+    def __init__(self, envelopes: int) -> None:
+        super().__init__(f"{envelopes} envelopes were sent before the failure")
+        self.envelopes = envelopes
+
 
 _FIRST_RECONNECT_DELAY = 0.05
 
@@ -106,6 +117,7 @@ class RelaySync(Sync):
         self._pending: list[Relayed] = []
         self._pending_bytes = 0
         self._receipt = Receipt()  # of the batch in _pending
+        self._counts: list[int] = []  # publishes per envelope of the batch being sent
         self._echoes = Echoes(self._deliver_locally)  # ordered: own envelopes to come back
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -171,7 +183,10 @@ class RelaySync(Sync):
 
     def _refuse(self, message: Relayed, cause: BaseException | None) -> Publication:
         self._lost(1, cause)
-        self._unsent([message])
+        if self._echoes.active:  # after the own publishes before it, locally
+            self._echoes.hold(message, queued=bool(self._pending))
+        else:
+            self._unsent([message])
         return Publication(Receipt.failed(self.error(cause)))
 
     def error(self, cause: BaseException | None) -> BackplaneError:
@@ -201,6 +216,7 @@ class RelaySync(Sync):
         self._echoes.flush()  # sent; their echoes will not be heard now
         if self._pending:  # the writer gave up (send_timeout) before sending them
             self._unsent(self._pending)
+            self._echoes.release_held()
             self._receipt.fail(self.error(ConnectionError("the backplane was closed")))
         unreported = self._outage.cancel() + self._losses.cancel()
         self._gaps.cancel()
@@ -247,6 +263,7 @@ class RelaySync(Sync):
         """The next envelope header of this instance, for an envelope carrying
         ``count`` publishes (takes a sequence number)."""
         self._seq += 1
+        self._counts.append(count)
         self._echoes.expect(self._seq, count)
         return f"{self._own}{self._seq}\n"
 
@@ -336,6 +353,7 @@ class RelaySync(Sync):
                 if self._up:
                     echoes = self._echoes
                     echoes.sending(batch, receipt)
+                    self._counts = []
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await self._send_batch(batch, data_bytes, receipt)
@@ -344,18 +362,23 @@ class RelaySync(Sync):
                         echoes.drop(receipt)
                         raise
                     except Exception as exc:
-                        self._lost(len(batch), exc)
-                        receipt.fail(self.error(exc))
+                        taken = 0
+                        if isinstance(exc, PartlySent):  # the first envelopes went out
+                            taken = sum(self._counts[: exc.envelopes])
+                            exc = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                        self._lost(len(batch) - taken, exc)
+                        receipt.fail(self.error(exc), spared=taken)
                         if echoes.active:  # what has not come back yet is delivered here
                             echoes.drop(receipt)
                         else:
-                            self._unsent(batch)
+                            self._unsent(batch[taken:])
                     else:
                         if not echoes.sent(receipt):
                             receipt.settle()
                 else:
                     self._lost(len(batch), self._down_cause)
                     self._unsent(batch)
+                    self._echoes.release_held()
                     receipt.fail(self.error(self._down_cause))
             if self._closing and not self._pending:
                 return

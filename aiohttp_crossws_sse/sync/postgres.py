@@ -16,7 +16,7 @@ import asyncpg
 from .._publication import Publication
 from ._envelope import body_size, utf8_len
 from ._redact import redact, secrets_of
-from ._relay import RelaySync, logger
+from ._relay import PartlySent, RelaySync, logger
 from .base import Relayed
 
 __all__ = ["PostgresSync"]
@@ -180,6 +180,7 @@ class PostgresSync(RelaySync):
         if publisher is None or publisher.is_closed():
             self._publisher = None
             publisher = self._publisher = await asyncpg.connect(self.dsn)
+        committed = 0  # envelopes taken: each run and each store commits
         try:
             run: list[tuple[str, str]] = []
             stored = False
@@ -188,15 +189,19 @@ class PostgresSync(RelaySync):
                     run.append((self.channel, envelope))
                     continue
                 await self._notify(publisher, run)
+                committed += len(run)
                 run = []
                 await self._store(publisher, envelope)
+                committed += 1
                 stored = True
             await self._notify(publisher, run)
             if stored:
                 await self._cleanup(publisher)
-        except Exception:
+        except Exception as exc:
             self._publisher = None
             publisher.terminate()
+            if committed:
+                raise PartlySent(committed) from exc
             raise
 
     @staticmethod

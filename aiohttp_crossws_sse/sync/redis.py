@@ -309,12 +309,14 @@ class RedisSync(RelaySync):
         while True:
             message = await pubsub.get_message(timeout=heartbeat)
             if self._silently_reconnected:
+                # The client library resubscribed behind our back: what was
+                # published meanwhile (own echoes included) is lost. Handled
+                # as the outage it was: reported, own publishes in flight
+                # delivered here, the position read again, streams resumed.
                 self._silently_reconnected = False
-                self.report(
-                    ConnectionError(
-                        f"the connection to {self.describe()} dropped and the client "
-                        "reconnected by itself: messages published meanwhile were missed"
-                    )
+                raise ConnectionError(
+                    f"the connection to {self.describe()} dropped and the client "
+                    "reconnected by itself: messages published meanwhile were missed"
                 )
             if message is None:
                 if loop.time() - heard >= 2 * heartbeat * 0.99:
