@@ -168,8 +168,9 @@ class RedisSync(RelaySync):
         self._seq += 1
         return f"{VERSION_IDS}{self._own[1:]}{self._seq}\n"
 
-    def deliver_id_body(self, body: str) -> None:
-        """Hand the publishes of a version-2 body (with ids) to the local peers."""
+    def deliver_id_body(self, body: str, remote: bool = True) -> None:
+        """Hand the publishes of a version-2 body (with ids) to the local peers
+        (``remote``: of another instance; with ids, this one's come back too)."""
         link = self._link
         if link is None:
             return
@@ -179,7 +180,7 @@ class RedisSync(RelaySync):
             self._malformed(body, exc)
             return
         history = self._history
-        for seq, message in publishes_with_ids(epoch, first, flat):
+        for seq, message in publishes_with_ids(epoch, first, flat, remote):
             if message is None:
                 self._malformed(body, None)
                 continue
@@ -303,6 +304,7 @@ class RedisSync(RelaySync):
         assert pubsub is not None
         heartbeat = self.heartbeat
         own = self._own.encode()
+        own_ids = VERSION_IDS + self._own[1:]  # this instance's envelopes with ids
         echoed = self.echoed
         loop = asyncio.get_running_loop()
         heard = loop.time()
@@ -333,7 +335,7 @@ class RedisSync(RelaySync):
                 body = self.accept(data)
                 if body is not None:
                     if data.startswith(VERSION_IDS):
-                        self.deliver_id_body(body)
+                        self.deliver_id_body(body, not data.startswith(own_ids))
                     else:
                         self.deliver_body(body)
 
