@@ -14,14 +14,17 @@ from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 
 from .._history import Replay
-from .._publication import Receipt
+from .._publication import Publication, Receipt
 from ._envelope import VERSION_IDS, publishes_with_ids, unpack_ids
 from ._redact import redact, secrets_of
 from ._redis_history import StreamHistory
+from ._redis_sharded import Sharded
+from ._redis_topology import discover
 from ._relay import RelaySync, positive
 from .base import Relayed, SyncLink
 
@@ -103,6 +106,7 @@ class RedisSync(RelaySync):
         max_pending: int = 16 << 20,
         ordered: bool = False,
         fetch_timeout: float = 5.0,
+        sharded: bool = False,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -113,31 +117,61 @@ class RedisSync(RelaySync):
             max_pending=max_pending,
             ordered=ordered,
         )
+        if not isinstance(sharded, bool):
+            raise TypeError(f"option 'sharded' must be a bool, not {type(sharded).__name__}")
+        self._url: str | None = None
+        self._given: Redis | None = None
+        self._cluster: Any = None  # a redis.asyncio.RedisCluster (its settings, its nodes)
+        self._urls: list[str] = []  # a cluster's nodes
         if isinstance(url_or_client, str):
             if not url_or_client:
                 raise ValueError("RedisSync needs a Redis URL or client")
-            self._url: str | None = url_or_client
-            self._given: Redis | None = None
+            self._url = url_or_client
             self._secrets = secrets_of(url_or_client)
         elif isinstance(url_or_client, Redis):
-            self._url = None
             self._given = url_or_client
             password = url_or_client.connection_pool.connection_kwargs.get("password")
             self._secrets = (password,) if isinstance(password, str) and password else ()
+        elif _is_cluster(url_or_client) or (
+            isinstance(url_or_client, list | tuple)
+            and url_or_client
+            and all(isinstance(u, str) and u for u in url_or_client)
+        ):
+            if not sharded:
+                raise TypeError("a Redis Cluster needs RedisSync(..., sharded=True)")
+            if _is_cluster(url_or_client):
+                self._cluster = url_or_client
+                password = url_or_client.get_connection_kwargs().get("password")
+                self._secrets = (password,) if isinstance(password, str) and password else ()
+            else:
+                self._urls = list(url_or_client)
+                self._secrets = tuple(x for u in self._urls for x in secrets_of(u))
         else:
             raise TypeError(
-                "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
-                f"{type(url_or_client).__name__}"
+                "RedisSync needs a Redis URL (str), a redis.asyncio.Redis client, or (with "
+                "sharded=True) a redis.asyncio.RedisCluster client or a list of its nodes' "
+                f"URLs, not {type(url_or_client).__name__}"
             )
         self.fetch_timeout = positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
         self._history = StreamHistory(channel)  # used when SyncLink.history > 0
+        #: sharded mode (``_redis_sharded.py``): what it does in place of one channel
+        self._shards = Sharded(self) if sharded else None
+        self._topology: Any = None  # sharded: made on connect (_redis_topology.discover)
+        self.tracks_gaps = not sharded
+        self._tracker: StreamHistory | Any = self._history  # positions of delivered ids
 
     def describe(self) -> str:
         if self._url is not None:
             where = redact(self._url)
+        elif self._urls:
+            where = "Redis Cluster at " + ", ".join(redact(u) for u in self._urls)
+            return f"{where}, channel {self.channel!r}"
+        elif self._cluster is not None:
+            where = ", ".join(f"{n.host}:{n.port}" for n in _seeds(self._cluster))
+            return f"Redis Cluster at {where}, channel {self.channel!r}"
         else:
             assert self._given is not None
             kwargs = self._given.connection_pool.connection_kwargs
@@ -151,10 +185,16 @@ class RedisSync(RelaySync):
 
     async def start(self, link: SyncLink) -> None:
         self._history.size = link.history
+        if self._shards is not None:
+            self._shards.history.size = link.history
+            self._tracker = self._shards.history
         self.assigns_ids = link.history > 0
         await super().start(link)
 
     async def _send_batch(self, batch: list[Relayed], data_bytes: int, receipt: Receipt) -> None:
+        if self._shards is not None:
+            await self._shards.send_batch(batch)
+            return
         if not self.assigns_ids:
             await super()._send_batch(batch, data_bytes, receipt)
             return
@@ -179,7 +219,7 @@ class RedisSync(RelaySync):
         except ValueError as exc:
             self._malformed(body, exc)
             return
-        history = self._history
+        history = self._tracker
         for seq, message in publishes_with_ids(epoch, first, flat, remote):
             if message is None:
                 self._malformed(body, None)
@@ -204,7 +244,7 @@ class RedisSync(RelaySync):
         within ``fetch_timeout`` (the replay then gives up: the client's
         stream goes on without it)."""
         client = self._client
-        if client is None:
+        if client is None and self._shards is None:
             return Replay([], False, 0, None)
         if not self._up:
             raise ConnectionError(
@@ -212,6 +252,10 @@ class RedisSync(RelaySync):
                 f"({self.reason(self._down_cause)})"
             )
         try:
+            if self._shards is not None:
+                async with asyncio.timeout(self.fetch_timeout):
+                    return await self._shards.fetch(topics, position, namespace, skip_sender)
+            assert client is not None
             return await self._history.fetch(
                 client, topics, position, namespace, skip_sender, self.fetch_timeout
             )
@@ -223,7 +267,35 @@ class RedisSync(RelaySync):
 
     def caught_up(self, replay: Replay) -> bool:
         """Whether live delivery continues right after ``replay`` (see ``fetch``)."""
+        if self._shards is not None:
+            return self._shards.history.caught_up(replay)
         return self._history.caught_up(replay)
+
+    # -- sharded mode (``_redis_sharded.py``) -----------------------------------------
+
+    def interest(self, topic: str, wanted: bool) -> None:
+        """Sharded: follow ``topic`` while it has a local subscriber (``Sync.interest``)."""
+        if self._shards is not None:
+            (self._shards.interest.add if wanted else self._shards.interest.remove)((topic,))
+
+    def publish(self, message: Relayed) -> Publication:
+        shards = self._shards
+        if shards is None:
+            return super().publish(message)
+        fresh = not self._pending
+        return shards.published(message, super().publish(message), self._pending, fresh)
+
+    def _batch_failed(self, batch: list[Relayed], receipt: Receipt, exc: Exception | None) -> None:
+        if self._shards is None:
+            super()._batch_failed(batch, receipt, exc)
+            return
+        self._shards.batch_failed(exc)
+        receipt.fail(self.error(exc or ConnectionError("the backplane was closed")))
+
+    def _unsent(self, batch: list[Relayed]) -> None:
+        if self._shards is not None:
+            self._shards.unsent(batch, self._down_cause)
+        super()._unsent(batch)
 
     def _missed_meanwhile(self) -> int | None:
         # With history, the cluster's seq says exactly what was missed: the
@@ -238,14 +310,18 @@ class RedisSync(RelaySync):
     async def _connect(self) -> None:
         if self._given is not None:
             self._client = self._given
-            return
-        assert self._url is not None
+        elif self._url is not None:
+            self._connect_url(self._url)
+        if self._shards is not None:
+            self._topology = await discover(
+                self.channel, self._client, self._cluster, self._urls, self.describe()
+            )
+
+    def _connect_url(self, url: str) -> None:
         # No silent retries: a dropped connection surfaces at once and is
         # reported; the listener reconnects with its own backoff. (A URL's
         # own query options, e.g. ?socket_connect_timeout=2, still win.)
-        self._client = Redis.from_url(
-            self._url, retry=Retry(_NoBackoff(), 0), socket_connect_timeout=5.0
-        )
+        self._client = Redis.from_url(url, retry=Retry(_NoBackoff(), 0), socket_connect_timeout=5.0)
 
     async def _disconnect(self) -> None:
         self._history.disconnected()
@@ -253,7 +329,7 @@ class RedisSync(RelaySync):
         if client is not None and client is not self._given:
             await client.aclose()
 
-    async def _send(self, envelopes: list[str]) -> None:
+    async def _send(self, envelopes: list[str]) -> None:  # (sharded mode: _send_batch)
         client = self._client
         assert client is not None
         if len(envelopes) == 1:
@@ -267,6 +343,9 @@ class RedisSync(RelaySync):
     # -- listening ---------------------------------------------------------------------
 
     async def _subscribe(self) -> None:
+        if self._shards is not None:
+            await self._shards.start(self._topology)
+            return
         client = self._client
         assert client is not None
         pubsub = self._pubsub = client.pubsub()
@@ -290,6 +369,9 @@ class RedisSync(RelaySync):
         self._silently_reconnected = True
 
     async def _unsubscribe(self) -> None:
+        if self._shards is not None:
+            await self._shards.stop()
+            return
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is None:
             return
@@ -300,6 +382,9 @@ class RedisSync(RelaySync):
         await cast(_Closing, pubsub).aclose()
 
     async def _listen(self) -> None:
+        if self._shards is not None:
+            await self._shards.run()  # every node handles its own outages
+            return
         pubsub = self._pubsub
         assert pubsub is not None
         heartbeat = self.heartbeat
@@ -353,3 +438,11 @@ def _skip_push_debug_log(connection: Any) -> None:
     default = getattr(parser, "handle_pubsub_push_response", None)
     if default is not None and getattr(parser, "pubsub_push_handler_func", None) == default:
         parser.set_pubsub_push_handler(_passthrough)
+
+
+def _is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def _seeds(cluster: Any) -> list[Any]:
+    return list(cluster.nodes_manager.startup_nodes.values())
