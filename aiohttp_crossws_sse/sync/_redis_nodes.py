@@ -132,6 +132,8 @@ class Node:
         self._in_outage = False
         self._failure: Exception | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._retry: asyncio.TimerHandle | None = None  # a refused subscribe, tried again
+        self._unready: set[str] = set()  # subscribed; on_subscribed not yet done
         self.outage = OutageReport(self, LossReport(self))
 
     # -- the Reporter of this node's outages ------------------------------------------
@@ -175,6 +177,9 @@ class Node:
         ]
 
     async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -211,6 +216,7 @@ class Node:
             raise
         self._conn = conn
         self._failure = None
+        self._unready.clear()
         self.channels.clear()
         self._replies.clear()
         self.up = True
@@ -369,6 +375,9 @@ class Node:
                     missed = await self._apply()
             except asyncio.CancelledError:
                 raise
+            except ResponseError:  # (say, CLUSTERDOWN while the node rejoins): later
+                self._try_again()
+                continue
             except Exception as exc:
                 await self._fail(conn, exc)
                 continue
@@ -389,22 +398,41 @@ class Node:
         if drops:
             self.owner.on_left(self, [channels.pop(ch) for ch in drops], False)
             await self._send([[self._unsub, ch] for ch in drops], b"u", drops, None)
-        if not adds:
+        if adds:
+            for topic, ch in adds:
+                channels[ch] = topic
+            keys = [ch for _, ch in adds]
+            pending = _Pending(len(keys))
+            await self._send([[self._sub, ch] for ch in keys], b"s", keys, pending)
+            async with asyncio.timeout(2 * self.owner.heartbeat):
+                await pending.done
+            for topic, ch in adds:
+                error = pending.failed.get(ch)
+                if error is not None:
+                    if channels.get(ch) == topic:
+                        del channels[ch]
+                    self.owner.on_refused(self, topic, error)
+                elif channels.get(ch) == topic:
+                    self._unready.add(topic)
+            if pending.failed:  # (say, CLUSTERDOWN while the node rejoins)
+                self._try_again()
+        subscribed = set(channels.values())
+        done = [t for t in self._unready if t in subscribed]
+        self._unready.clear()
+        if not done:
             return 0
-        for topic, ch in adds:
-            channels[ch] = topic
-        keys = [ch for _, ch in adds]
-        pending = _Pending(len(keys))
-        await self._send([[self._sub, ch] for ch in keys], b"s", keys, pending)
-        async with asyncio.timeout(2 * self.owner.heartbeat):
-            await pending.done
-        done = []
-        for topic, ch in adds:
-            error = pending.failed.get(ch)
-            if error is not None:
-                if channels.get(ch) == topic:
-                    del channels[ch]
-                self.owner.on_refused(self, topic, error)
-            elif channels.get(ch) == topic:
-                done.append(topic)
-        return await self.owner.on_subscribed(self, done) if done else 0
+        try:
+            return await self.owner.on_subscribed(self, done)
+        except BaseException:
+            self._unready.update(done)  # made ready on the next try
+            raise
+
+    def _try_again(self) -> None:
+        """Apply again after a moment (Redis refused something for now)."""
+        if self._retry is None:
+            delay = min(1.0, self.owner.max_reconnect_delay)
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retried)
+
+    def _retried(self) -> None:
+        self._retry = None
+        self.changed()

@@ -212,24 +212,27 @@ class GroupHistory:
                 read[topic] = (epoch, seq, evicted, count)
         return read
 
-    def ready(self, read: dict[str, Any]) -> int | None:
-        """Set the positions of topics just subscribed (after ``Node.barrier``);
-        returns the publishes missed by those whose subscription had been
-        lost (``None``: their history was lost too)."""
+    def ready(self, read: dict[str, Any]) -> tuple[int | None, list[str]]:
+        """Set the positions of topics just subscribed (after ``Node.barrier``).
+        Returns the publishes missed by those whose subscription had been
+        lost (``None``: cannot tell), and the topics whose history Redis lost
+        meanwhile (a new epoch, or none yet)."""
         missed: int | None = 0
+        gone = []
         for topic, (epoch, seq, evicted, count) in read.items():
             old = self.lost.pop(topic, None)
             current = self.positions.get(topic)
             if current is None or current[0] != epoch or current[1] < seq:
                 self.positions[topic] = (epoch, seq)
-            if old is None or missed is None:
+            if old is None:
                 continue
             if old[0] != epoch:
-                missed = None  # Redis lost the group's history meanwhile
-            else:
+                gone.append(topic)
+                missed = None
+            elif missed is not None:
                 missed += count + (1 if evicted > old[1] + count else 0)
         self.live_moved_on()
-        return missed
+        return missed, gone
 
     def forget(self, topics: Iterable[str], lost: bool) -> None:
         for topic in topics:
@@ -254,7 +257,7 @@ class GroupHistory:
         position): from the client's id, or where the cursor in ``position``
         left each topic, up to each topic's position here."""
         if position is not None and position[0].startswith(_CURSOR):
-            cursor: dict[str, list[Any]] = json.loads(position[0][1:])
+            cursor: dict[str, list[Any]] = json.loads(position[0][1:])["c"]
             since = None
         else:
             cursor, since = {}, position

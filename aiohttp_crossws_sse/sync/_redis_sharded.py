@@ -40,6 +40,10 @@ from .base import Relayed, SyncLink
 
 __all__ = ["ShardOwner", "Sharded"]
 
+# Redis's errors of a cluster in motion: the map is read again, and the
+# command tried again later
+_CLUSTER_IN_MOTION = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
 
 class ShardOwner(Protocol):
     """What sharded mode uses of its ``RedisSync``."""
@@ -115,6 +119,7 @@ class Sharded:
         self._subs: dict[str, list[Any]] = {}  # topic -> [receipt, count], this batch
         self._subs_by_batch: dict[int, tuple[list[Relayed], dict[str, list[Any]]]] = {}
         self._unresolved: list[_Group] = []
+        self._refused: set[str] = set()  # topics whose refusal was reported
         self._started = False
         self._stopped: asyncio.Future[None] | None = None
         self._own1 = b""
@@ -215,9 +220,17 @@ class Sharded:
             read = await self.history.read_positions(node.client, topics)
             await node.barrier()  # what was pushed before the read is delivered by now
             read = {t: r for t, r in read.items() if node.channels.get(node.wants.get(t, b""))}
-            missed = self.history.ready(read)
+            missed, gone = self.history.ready(read)
             topics = list(read)
+            if gone:
+                self.owner.report(
+                    ConnectionError(
+                        f"{node.name} lost the history of {len(gone)} topics (say, restarted "
+                        "without its data): clients resuming on them get recovered False"
+                    )
+                )
         self.ready.update(topics)
+        self._refused.difference_update(topics)
         self.history.live_moved_on()
         return missed
 
@@ -230,10 +243,17 @@ class Sharded:
         self.history.forget(topics, lost)
 
     def on_refused(self, node: Node, topic: str, exc: Exception) -> None:
-        self.topology.moved(self, exc)
-        if "MOVED" not in str(exc) and "slot" not in str(exc):
+        """Redis refused to subscribe ``topic`` on ``node`` (the node tries
+        again): the cluster in motion (a slot moved, a node rejoining) reads
+        the map again; anything else (an ACL) is reported, once per topic."""
+        text = str(exc)
+        if text.startswith(_CLUSTER_IN_MOTION) or "slot" in text:
+            self.topology.moved(self, exc)
+        elif topic not in self._refused:
+            if len(self._refused) < 4096:
+                self._refused.add(topic)
             self.owner.report(
-                ConnectionError(f"cannot subscribe to topic {topic!r} on {node.name}: {exc}")
+                ConnectionError(f"cannot subscribe to topic {topic!r} on {node.name}: {text}")
             )
 
     async def relocate(self, node: Node) -> bool:
