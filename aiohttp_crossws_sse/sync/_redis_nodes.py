@@ -3,10 +3,8 @@
 A ``Node`` is a plain Redis, or one primary of a Redis Cluster. It holds a
 client to publish on (``client``) and a connection of its own that listens:
 subscribed (``SUBSCRIBE``, or ``SSUBSCRIBE`` on a cluster) to the channels of
-the topics that are ``wanted`` here, one command per channel, so that every
-reply can be matched to its command in order (``_replies``) — Redis replies
-to a shard channel of another node's slot with an error, and unsubscribes us
-by itself (an unasked ``sunsubscribe``) when a slot moves away.
+the topics that are ``wanted`` here, each reply matched to its command
+(``_redis_replies.py``).
 
 Three tasks per node: the supervisor reads (``_listen``) until the
 connection fails, reports the outage and reconnects with backoff; the
@@ -20,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ._redis_replies import PING, SUBSCRIBE, UNSUBSCRIBE, Pending, Replies
 from ._reports import LossReport, OutageReport
 
 __all__ = ["Node", "NodeOwner"]
@@ -70,24 +68,6 @@ class NodeOwner(Protocol):
     def caused(self, err: Exception, cause: BaseException | None) -> Exception: ...
 
 
-class _Pending:
-    """Replies a worker waits for (one per command sent)."""
-
-    __slots__ = ("done", "failed", "remaining")
-
-    def __init__(self, count: int) -> None:
-        self.remaining = count
-        self.failed: dict[bytes, Exception] = {}
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def replied(self, key: bytes, error: Exception | None) -> None:
-        if error is not None:
-            self.failed[key] = error
-        self.remaining -= 1
-        if not self.remaining and not self.done.done():
-            self.done.set_result(None)
-
-
 class Node:
     """One Redis server (see the module docstring)."""
 
@@ -114,7 +94,6 @@ class Node:
             if cluster
             else (b"SUBSCRIBE", b"UNSUBSCRIBE", b"message")
         )
-        self._sub_reply, self._unsub_reply = self._sub.lower(), self._unsub.lower()
         #: topic -> channel: what should be subscribed here (set by the owner)
         self.wants: dict[str, bytes] = {}
         #: channel -> topic: subscribed, or asked for, on the current connection
@@ -123,8 +102,7 @@ class Node:
         self.down_cause: BaseException | None = None
         self.serving = True  # a primary with slots (cluster: per the last map)
         self._conn: Any = None  # a redis-py Connection (untyped on some releases)
-        self._replies: deque[tuple[bytes, bytes, _Pending | None]] = deque()
-        self._write = asyncio.Lock()
+        self._replies = Replies(self._sub.lower(), self._unsub.lower())
         self._applying = asyncio.Lock()
         self._wake = asyncio.Event()
         self._revived = asyncio.Event()
@@ -186,10 +164,7 @@ class Node:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for _, _, pending in self._replies:
-            if pending is not None and not pending.done.done():
-                pending.done.cancel()
-        self._replies.clear()
+        self._replies.fail(None)
         self.up = False
         await self._drop_connection()
         self.outage.cancel()
@@ -218,7 +193,7 @@ class Node:
         self._failure = None
         self._unready.clear()
         self.channels.clear()
-        self._replies.clear()
+        self._replies.fail(ConnectionError("the connection was replaced"))
         self.up = True
         self.down_cause = None
 
@@ -241,10 +216,7 @@ class Node:
         self.up = False
         self.down_cause = cause
         await self._drop_connection()
-        for _, _, pending in self._replies:
-            if pending is not None and not pending.done.done():
-                pending.done.set_exception(ConnectionError("the connection was lost"))
-        self._replies.clear()
+        self._replies.fail(ConnectionError("the connection was lost"))
         lost = list(self.channels.values())
         self.channels.clear()
         self._in_outage = True
@@ -312,7 +284,7 @@ class Node:
             if reply is None:
                 if loop.time() - heard >= 2 * heartbeat * 0.99:
                     raise TimeoutError(f"Redis did not answer for {loop.time() - heard:.0f} s")
-                await self._send([[b"PING"]], b"p", [b""], None)
+                await self._send([[b"PING"]], PING, [b""], None)
                 continue
             heard = loop.time()
             if reply[0] == kind:
@@ -323,22 +295,9 @@ class Node:
                 self._replied(reply, None)
 
     def _replied(self, reply: Any, error: Exception | None) -> None:
-        """A reply to a command of ours, or an unasked unsubscribe."""
-        replies = self._replies
-        head = replies[0] if replies else None
-        what = reply[0] if reply is not None else None
-        if head is not None and (
-            error is not None
-            or (head[0] == b"p" and what == b"pong")
-            or (head[0] == b"s" and what == self._sub_reply and reply[1] == head[1])
-            or (head[0] == b"u" and what == self._unsub_reply and reply[1] == head[1])
-        ):
-            replies.popleft()
-            if head[2] is not None:
-                head[2].replied(head[1], error)
-            return
-        if what == self._unsub_reply:  # Redis dropped us: the slot moved away
-            topic = self.channels.pop(reply[1], None)
+        dropped = self._replies.replied(reply, error)
+        if dropped is not None:  # Redis dropped the channel: its slot moved away
+            topic = self.channels.pop(dropped, None)
             if topic is not None:
                 self.owner.on_left(self, [topic], True)
                 self.owner.on_refused(self, topic, ConnectionError("the slot moved"))
@@ -346,20 +305,20 @@ class Node:
     # -- writing ---------------------------------------------------------------------
 
     async def _send(
-        self, commands: list[list[bytes]], kind: bytes, keys: list[bytes], pending: _Pending | None
+        self, commands: list[list[bytes]], kind: bytes, keys: list[bytes], pending: Pending | None
     ) -> None:
         conn = self._conn
         if conn is None or not conn.is_connected:
             raise ConnectionError("not connected")
-        async with self._write:  # replies come in the order the commands were written
-            self._replies.extend((kind, key, pending) for key in keys)
+        async with self._replies.lock:  # replies come in the order the commands were written
+            self._replies.sent(kind, keys, pending)
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     async def barrier(self) -> None:
         """Returns once every message Redis pushed to this connection before
         now has been handed to ``on_message`` (a PING's answer follows them)."""
-        pending = _Pending(1)
-        await self._send([[b"PING", b"b"]], b"p", [b"b"], pending)
+        pending = Pending(1)
+        await self._send([[b"PING", b"b"]], PING, [b"b"], pending)
         async with asyncio.timeout(2 * self.owner.heartbeat):
             await pending.done
 
@@ -397,13 +356,13 @@ class Node:
         adds = [(topic, ch) for topic, ch in wants.items() if ch not in channels]
         if drops:
             self.owner.on_left(self, [channels.pop(ch) for ch in drops], False)
-            await self._send([[self._unsub, ch] for ch in drops], b"u", drops, None)
+            await self._send([[self._unsub, ch] for ch in drops], UNSUBSCRIBE, drops, None)
         if adds:
             for topic, ch in adds:
                 channels[ch] = topic
             keys = [ch for _, ch in adds]
-            pending = _Pending(len(keys))
-            await self._send([[self._sub, ch] for ch in keys], b"s", keys, pending)
+            pending = Pending(len(keys))
+            await self._send([[self._sub, ch] for ch in keys], SUBSCRIBE, keys, pending)
             async with asyncio.timeout(2 * self.owner.heartbeat):
                 await pending.done
             for topic, ch in adds:

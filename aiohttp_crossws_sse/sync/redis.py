@@ -12,18 +12,17 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 
 from .._history import Replay
 from .._publication import Publication, Receipt
 from ._envelope import VERSION_IDS, publishes_with_ids, unpack_ids
-from ._redact import redact, secrets_of
 from ._redis_history import StreamHistory
 from ._redis_sharded import Sharded
+from ._redis_target import Target
 from ._redis_topology import discover
 from ._relay import RelaySync, positive
 from .base import Relayed, SyncLink
@@ -96,7 +95,7 @@ class RedisSync(RelaySync):
 
     def __init__(
         self,
-        url_or_client: str | Redis,
+        url_or_client: str | Redis | RedisCluster | list[str],
         *,
         channel: str,
         heartbeat: float = 15.0,
@@ -119,39 +118,8 @@ class RedisSync(RelaySync):
         )
         if not isinstance(sharded, bool):
             raise TypeError(f"option 'sharded' must be a bool, not {type(sharded).__name__}")
-        self._url: str | None = None
-        self._given: Redis | None = None
-        self._cluster: Any = None  # a redis.asyncio.RedisCluster (its settings, its nodes)
-        self._urls: list[str] = []  # a cluster's nodes
-        if isinstance(url_or_client, str):
-            if not url_or_client:
-                raise ValueError("RedisSync needs a Redis URL or client")
-            self._url = url_or_client
-            self._secrets = secrets_of(url_or_client)
-        elif isinstance(url_or_client, Redis):
-            self._given = url_or_client
-            password = url_or_client.connection_pool.connection_kwargs.get("password")
-            self._secrets = (password,) if isinstance(password, str) and password else ()
-        elif _is_cluster(url_or_client) or (
-            isinstance(url_or_client, list | tuple)
-            and url_or_client
-            and all(isinstance(u, str) and u for u in url_or_client)
-        ):
-            if not sharded:
-                raise TypeError("a Redis Cluster needs RedisSync(..., sharded=True)")
-            if _is_cluster(url_or_client):
-                self._cluster = url_or_client
-                password = url_or_client.get_connection_kwargs().get("password")
-                self._secrets = (password,) if isinstance(password, str) and password else ()
-            else:
-                self._urls = list(url_or_client)
-                self._secrets = tuple(x for u in self._urls for x in secrets_of(u))
-        else:
-            raise TypeError(
-                "RedisSync needs a Redis URL (str), a redis.asyncio.Redis client, or (with "
-                "sharded=True) a redis.asyncio.RedisCluster client or a list of its nodes' "
-                f"URLs, not {type(url_or_client).__name__}"
-            )
+        target = self._target = Target(url_or_client, sharded)
+        self._url, self._given, self._secrets = target.url, target.given, target.secrets
         self.fetch_timeout = positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
@@ -164,22 +132,7 @@ class RedisSync(RelaySync):
         self._tracker: StreamHistory | Any = self._history  # positions of delivered ids
 
     def describe(self) -> str:
-        if self._url is not None:
-            where = redact(self._url)
-        elif self._urls:
-            where = "Redis Cluster at " + ", ".join(redact(u) for u in self._urls)
-            return f"{where}, channel {self.channel!r}"
-        elif self._cluster is not None:
-            where = ", ".join(f"{n.host}:{n.port}" for n in _seeds(self._cluster))
-            return f"Redis Cluster at {where}, channel {self.channel!r}"
-        else:
-            assert self._given is not None
-            kwargs = self._given.connection_pool.connection_kwargs
-            if kwargs.get("path"):
-                where = f"unix://{kwargs['path']}"
-            else:
-                where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        return f"Redis at {where}, channel {self.channel!r}"
+        return f"{self._target.where()}, channel {self.channel!r}"
 
     # -- history (cluster-wide ids) -----------------------------------------------------
 
@@ -313,8 +266,9 @@ class RedisSync(RelaySync):
         elif self._url is not None:
             self._connect_url(self._url)
         if self._shards is not None:
+            target = self._target
             self._topology = await discover(
-                self.channel, self._client, self._cluster, self._urls, self.describe()
+                self.channel, self._client, target.cluster, target.urls, self.describe()
             )
 
     def _connect_url(self, url: str) -> None:
@@ -438,11 +392,3 @@ def _skip_push_debug_log(connection: Any) -> None:
     default = getattr(parser, "handle_pubsub_push_response", None)
     if default is not None and getattr(parser, "pubsub_push_handler_func", None) == default:
         parser.set_pubsub_push_handler(_passthrough)
-
-
-def _is_cluster(client: object) -> bool:
-    return isinstance(client, RedisCluster)
-
-
-def _seeds(cluster: Any) -> list[Any]:
-    return list(cluster.nodes_manager.startup_nodes.values())
