@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from aiohttp_crossws_sse import sse_adapter
 from aiohttp_crossws_sse._publication import Receipt
 from aiohttp_crossws_sse.client import EventSourceClient
-from aiohttp_crossws_sse.sync import MemoryHub, MemorySync, Relayed
+from aiohttp_crossws_sse.sync import MemoryHub, MemorySync, Relayed, SyncLink
 from aiohttp_crossws_sse.sync._echo import Echoes
 from aiohttp_crossws_sse.sync._shards import ShardNames, group_of
 from tests.backplanes import (  # noqa: F401
@@ -511,3 +512,88 @@ async def test_one_primary_killed(
         errors = " ".join(await b.errors(session))
         assert f"reconnected to Redis node 127.0.0.1:{cluster.ports[0]}" in errors
         assert "local publishes not relayed meanwhile: 1" in errors
+
+
+# -- in process: clients, a hung Redis ------------------------------------------------------
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.delivered: list[Relayed] = []
+        self.reported: list[Exception] = []
+
+    def link(self, instance_id: str, history: int = 0) -> SyncLink:
+        def deliver(message: Relayed) -> str | None:
+            self.delivered.append(message)
+            return message.id
+
+        return SyncLink(instance_id, deliver, self.reported.append, history=history)
+
+
+async def _relayed(one: RedisSync, got: Collected, topic: str) -> None:
+    """Publish on ``one`` until ``got`` receives it (its subscription is in place)."""
+
+    async def arrived() -> bool:
+        one.publish(Relayed(topic, "probe"))
+        await asyncio.sleep(0.05)
+        return any(m.topic == topic for m in got.delivered)
+
+    await until(arrived, timeout=30)
+
+
+@pytest.mark.parametrize("given", ["client", "urls"])
+async def test_a_cluster_client_or_node_urls(
+    redis_cluster: RedisClusterServers, given: str
+) -> None:
+    """A ``RedisCluster`` client (its settings and nodes are used; it stays
+    the caller's), or the URLs of a cluster's nodes."""
+    cluster = redis_asyncio.RedisCluster.from_url(redis_cluster.url)
+    target: Any = cluster if given == "client" else redis_cluster.urls[1:]
+    channel = f"given-{given}"
+    one = RedisSync(target, channel=channel, sharded=True, **FAST_OPTIONS)
+    two = RedisSync(target, channel=channel, sharded=True, **FAST_OPTIONS)
+    got = Collected()
+    await one.start(Collected().link("one"))
+    await two.start(got.link("two"))
+    try:
+        topics = [topic_on(redis_cluster, i, "given") for i in range(3)]
+        for topic in topics:
+            two.interest(topic, True)
+        for topic in topics:
+            await _relayed(one, got, topic)
+        assert "Redis Cluster at" in one.describe()
+    finally:
+        await one.close()
+        await two.close()
+        await cluster.aclose()  # left open by RedisSync: it is the caller's
+
+
+async def test_a_hung_redis_is_noticed_by_the_heartbeat(own_redis_server: RedisServer) -> None:
+    """SIGSTOP: the connection stays open but nothing answers (a silent
+    network): the watchdog's PING gets no answer, the node counts as lost,
+    and once Redis answers again the topics flow again."""
+    got = Collected()
+    options: dict[str, Any] = {"heartbeat": 0.3, "send_timeout": 0.3, "report_interval": 0.1}
+    url = own_redis_server.url
+    one = RedisSync(url, channel="hung", sharded=True, max_reconnect_delay=0.2, **options)
+    two = RedisSync(url, channel="hung", sharded=True, **options)
+    await one.start(got.link("one"))
+    await two.start(Collected().link("two"))
+    one.interest("t", True)
+    assert own_redis_server.proc is not None
+    try:
+        await _relayed(two, got, "t")
+        own_redis_server.proc.send_signal(signal.SIGSTOP)
+        await until(lambda: _true(any("did not answer" in str(e) for e in got.reported)))
+    finally:
+        own_redis_server.proc.send_signal(signal.SIGCONT)
+    try:
+        got.delivered.clear()
+        await _relayed(two, got, "t")
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

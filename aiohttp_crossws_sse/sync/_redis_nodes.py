@@ -109,6 +109,7 @@ class Node:
         self._returning = False
         self._in_outage = False
         self._failure: Exception | None = None
+        self._heard = 0.0  # loop time of the last reply on the listening connection
         self._tasks: list[asyncio.Task[None]] = []
         self._retry: asyncio.TimerHandle | None = None  # a refused subscribe, tried again
         self._unready: set[str] = set()  # subscribed; on_subscribed not yet done
@@ -267,32 +268,49 @@ class Node:
     # -- reading ---------------------------------------------------------------------
 
     async def _listen(self, conn: Any) -> None:
-        owner = self.owner
+        """Read until the connection fails. No timeout per read — a timer per
+        message would cost more than the message: a watchdog probes a
+        connection that went silent (``heartbeat``)."""
         channels = self.channels
-        on_message = owner.on_message
+        on_message = self.owner.on_message
         kind = self._kind
-        heartbeat = owner.heartbeat
-        loop = asyncio.get_running_loop()
-        heard = loop.time()
+        clock = asyncio.get_running_loop().time
+        self._heard = clock()
+        watchdog = asyncio.get_running_loop().create_task(self._watch(conn))
+        try:
+            while True:
+                try:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                except ResponseError as exc:  # an error reply to one of our commands
+                    self._heard = clock()
+                    self._replied(None, exc)
+                    continue
+                self._heard = clock()
+                if reply[0] == kind:
+                    topic = channels.get(reply[1])
+                    if topic is not None:  # else: left meanwhile
+                        on_message(topic, reply[2])
+                else:
+                    self._replied(reply, None)
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, conn: Any) -> None:
+        """After ``heartbeat`` seconds of silence, a PING; no answer within as
+        long again, and the connection counts as lost."""
+        heartbeat = self.owner.heartbeat
+        clock = asyncio.get_running_loop().time
         while True:
+            await asyncio.sleep(heartbeat / 2)
+            silent = clock() - self._heard
             try:
-                reply = await conn.read_response(timeout=heartbeat, disconnect_on_error=False)
-            except ResponseError as exc:  # an error reply to one of our commands
-                heard = loop.time()
-                self._replied(None, exc)
-                continue
-            if reply is None:
-                if loop.time() - heard >= 2 * heartbeat * 0.99:
-                    raise TimeoutError(f"Redis did not answer for {loop.time() - heard:.0f} s")
-                await self._send([[b"PING"]], PING, [b""], None)
-                continue
-            heard = loop.time()
-            if reply[0] == kind:
-                topic = channels.get(reply[1])
-                if topic is not None:  # else: left meanwhile
-                    on_message(topic, reply[2])
-            else:
-                self._replied(reply, None)
+                if silent >= 2 * heartbeat * 0.99:
+                    raise TimeoutError(f"Redis did not answer for {silent:.0f} s")
+                if silent >= heartbeat * 0.99:
+                    await self._send([[b"PING"]], PING, [b""], None)
+            except Exception as exc:
+                await self._fail(conn, exc)
+                return
 
     def _replied(self, reply: Any, error: Exception | None) -> None:
         dropped = self._replies.replied(reply, error)

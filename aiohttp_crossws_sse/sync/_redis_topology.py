@@ -162,7 +162,7 @@ class Topology:
             await node.stop()
             if node.client is not self._client:
                 with contextlib.suppress(Exception):
-                    await node.client.aclose()
+                    await _close(node.client)
 
     # -- the cluster's map ---------------------------------------------------------------
 
@@ -209,7 +209,7 @@ class Topology:
         finally:
             for client in temporary:
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    await _close(client)
 
     def _template_timeout(self) -> float:
         assert self._template is not None
@@ -307,3 +307,9 @@ async def discover(
         seeds=[(host, port)],
         slots=(reply, host),
     )
+
+
+async def _close(client: Redis) -> None:
+    """Close a client of ours and its pool (a client given a pool leaves it open)."""
+    await client.aclose()
+    await client.connection_pool.disconnect()
