@@ -42,14 +42,29 @@ __all__ = ["RedisSync"]
 
 
 class RedisSync(RelaySync):
-    """Relays publishes between instances through one Redis pub/sub channel.
+    """Relays publishes between instances through one Redis pub/sub channel
+    (or, with ``sharded=True``, one per topic).
 
     ``url_or_client``: any URL redis-py accepts (``redis://[[user]:password@]host
     [:port][/db]``, ``rediss://`` for TLS, ``unix:///path/to/redis.sock``), or a
     ready ``redis.asyncio.Redis`` client — then its connection settings (pool,
     retry policy, TLS, auth) are used as they are and it is left open on
-    ``close``: it stays yours. Redis Cluster clients are not supported (one
-    channel lives on one node: point a plain client at it).
+    ``close``: it stays yours. A Redis Cluster needs ``sharded=True``: then
+    also a ``redis.asyncio.RedisCluster`` client (its settings are used for
+    connections of RedisSync's own to each primary; it is left open) or a list
+    of its nodes' URLs; a URL or client of one node is found to be a cluster's.
+
+    ``sharded`` (``False``): each topic on a channel of its own under
+    ``channel``, subscribed only while the topic has a local subscriber
+    (``Sync.interest``) or a replay reads it; on a Redis Cluster (7.0+) with
+    sharded pub/sub, a topic's channel and history on one slot. Order is kept
+    per publisher and topic; a topic's first local subscriber gets the
+    others' publishes once the subscription is in place (a round trip), and a
+    resuming client misses nothing (its replay waits for the subscription).
+    With history, ids are per group of topics (one on a plain Redis; a
+    topic's hash tag on a cluster): see the README, "Channels per topic".
+    A cluster node's outage is reported as that node's; the other nodes'
+    topics flow on.
 
     ``channel`` (required) scopes the cluster: every instance that should see
     the others' publishes uses the same one; apps sharing a Redis use
@@ -87,7 +102,7 @@ class RedisSync(RelaySync):
     further publishes are not relayed, and reported), ``fetch_timeout``
     (5 s, with history: a replay's read of the history not answered by then
     gives up, and the client's stream goes on without the replay),
-    ``ordered`` (``False``: see above).
+    ``ordered`` (``False``: see above), ``sharded`` (``False``: see above).
     """
 
     kind = "Redis"
