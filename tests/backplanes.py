@@ -265,6 +265,22 @@ class RedisClusterServers:
                     return i
         raise LookupError(f"no node serves slot {slot}")
 
+    def move_slot(self, key: str, to: int) -> None:
+        """Move ``key``'s (empty) slot to node ``to``, as resharding does:
+        the old owner unsubscribes its shard channels and answers MOVED."""
+        slot = self.command(0, "CLUSTER", "KEYSLOT", key)
+        source = self.node_of(key)
+        ids = [self.command(i, "CLUSTER", "MYID") for i in range(len(self.ports))]
+        self.command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+        for i in (source, to, *(j for j in range(len(self.ports)) if j not in (source, to))):
+            self.command(i, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        deadline = time.monotonic() + 30
+        while self.node_of(key) != to:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slot {slot} did not move to node {to}")
+            time.sleep(0.05)
+
     def kill(self, i: int) -> None:
         """SIGKILL node ``i``, by PID: the way a crash looks to clients."""
         proc = self.procs[i]

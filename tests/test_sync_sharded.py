@@ -597,3 +597,30 @@ async def test_a_hung_redis_is_noticed_by_the_heartbeat(own_redis_server: RedisS
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_slot_moving_to_another_primary_is_followed(
+    own_redis_cluster: RedisClusterServers, session: aiohttp.ClientSession
+) -> None:
+    """Resharding moves a topic's slot to another node: Redis unsubscribes the
+    old node's subscribers and answers the publisher MOVED; both read the map
+    again and follow the topic, which flows again by itself (what was
+    published meanwhile is reported)."""
+    cluster = own_redis_cluster
+    topic = topic_on(cluster, 0, "moving")
+    async with (
+        instances(cluster.url, 2) as (channel, (a, b)),
+        streams(a.stream(session, topic)) as (on_a,),
+    ):
+        await followed(cluster, channel, [topic], 1)
+        await b.publish(session, topic, "before")
+        assert await data_of(on_a, 1) == ["before"]
+        await asyncio.to_thread(cluster.move_slot, topic, 2)
+        await crossed(b, on_a, session, topic, "moved", timeout=60)
+        # a's subscription is on the new owner now
+        name = ShardNames(channel, cluster=True).channel_of(topic).decode()
+        reply = await asyncio.to_thread(cluster.command, 2, "PUBSUB", "SHARDNUMSUB", name)
+        assert reply.split()[-1] == "1"
+        for node in (a, b):
+            assert node.alive(), node.output()
+            assert (await node.health(session))["handler_errors"] == 0

@@ -16,15 +16,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from redis.exceptions import ResponseError
-
 from .._errors import BackplaneError
 from .._publication import Publication, Receipt
 from ._echo import Echoes
 from ._envelope import pack_batch
 from ._redis_nodes import Node
 from ._redis_shard_history import GroupHistory
-from ._redis_topology import Topology
+from ._redis_topology import Topology, in_motion
 from .base import Relayed, SyncLink
 
 __all__ = ["ShardOwner", "ShardSender"]
@@ -195,7 +193,7 @@ class ShardSender:
             error = next((a for a in answers if isinstance(a, Exception)), None)
             if error is not None:
                 self._failed(node, [group], error)
-                if isinstance(error, ResponseError) and "MOVED" in str(error):
+                if in_motion(error):
                     self.moved(error)
                 continue
             self._resolve(group)

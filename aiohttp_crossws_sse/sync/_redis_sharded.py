@@ -25,15 +25,11 @@ from ._envelope import VERSION_IDS
 from ._redis_nodes import Node
 from ._redis_shard_history import GroupHistory
 from ._redis_shard_send import ShardOwner, ShardSender
-from ._redis_topology import Topology
+from ._redis_topology import Topology, in_motion
 from ._shards import Interest
 from .base import Relayed
 
 __all__ = ["ShardOwner", "Sharded"]
-
-# Redis's errors of a cluster in motion: the map is read again, and the
-# command tried again later
-_CLUSTER_IN_MOTION = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 
 
 class Sharded:
@@ -149,7 +145,12 @@ class Sharded:
     async def on_subscribed(self, node: Node, topics: list[str]) -> int | None:
         missed: int | None = None
         if self.owner.assigns_ids:
-            read = await self.history.read_positions(node.client, topics)
+            try:
+                read = await self.history.read_positions(node.client, topics)
+            except Exception as exc:  # the node tries again later
+                if in_motion(exc):
+                    self.topology.moved(self, exc)
+                raise
             await node.barrier()  # what was pushed before the read is delivered by now
             read = {t: r for t, r in read.items() if node.channels.get(node.wants.get(t, b""))}
             missed, gone = self.history.ready(read)
@@ -179,7 +180,7 @@ class Sharded:
         again): the cluster in motion (a slot moved, a node rejoining) reads
         the map again; anything else (an ACL) is reported, once per topic."""
         text = str(exc)
-        if text.startswith(_CLUSTER_IN_MOTION) or "slot" in text:
+        if in_motion(exc) or "slot moved" in text:
             self.topology.moved(self, exc)
         elif topic not in self._refused:
             if len(self._refused) < 4096:

@@ -21,7 +21,7 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
 from ._redis_nodes import Node, NodeOwner
 from ._shards import SLOTS, ShardNames, parse_slots
@@ -31,7 +31,7 @@ class _Owner(NodeOwner, Protocol):
     def rerouted(self) -> list[str]: ...
 
 
-__all__ = ["Topology", "discover", "listening_connection", "no_retry"]
+__all__ = ["Topology", "discover", "in_motion", "listening_connection", "no_retry", "redirect_of"]
 
 # Connection settings never copied to our own connections: they would make
 # redis-py ping, retry or decode behind our back.
@@ -167,8 +167,20 @@ class Topology:
     # -- the cluster's map ---------------------------------------------------------------
 
     def moved(self, owner: _Owner, exc: BaseException) -> None:
-        """Redis says a slot moved: read the map again (in the background)."""
-        if self.cluster and (self._task is None or self._task.done()):
+        """Redis says a slot moved (or the cluster is in motion): a ``MOVED``
+        names the slot's new owner, followed at once; the map is read again
+        in the background either way."""
+        if not self.cluster:
+            return
+        target = redirect_of(exc)
+        if target is not None and self._table:
+            slot, host, port = target
+            node = self._node(owner, host, port, start=True)
+            if self._table[slot] is not node:
+                self._table[slot] = node
+                self._routes.clear()
+                self._follow(owner)
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self.refresh(owner))
 
     async def refresh(self, owner: _Owner) -> None:
@@ -220,20 +232,8 @@ class Topology:
         table: list[Node | None] = [None] * SLOTS
         serving: set[str] = set()
         for first, last, host, port in parse_slots(reply, seed_host):
-            name = _name(self.names, host, port)
-            node = self.nodes.get(name)
-            if node is None:
-                node = self.nodes[name] = Node(
-                    owner,
-                    name,
-                    self._new_client(host, port),
-                    self._listening(host, port),
-                    cluster=True,
-                    address=(host, port),
-                )
-                if start:  # a new primary: connects in the background
-                    node.start_down(None)
-            serving.add(name)
+            node = self._node(owner, host, port, start=start)
+            serving.add(node.name)
             table[first : last + 1] = [node] * (last + 1 - first)
         for name, node in self.nodes.items():
             if name in serving and not node.serving:
@@ -242,15 +242,38 @@ class Topology:
         self._table = table
         self._routes.clear()
         if start:
-            moved = owner.rerouted()
-            if moved:
-                owner.report(
-                    ConnectionError(
-                        f"{len(moved)} topics moved to other nodes of the Redis Cluster: "
-                        "their publishes may have been missed meanwhile"
-                    )
+            self._follow(owner)
+
+    def _node(self, owner: _Owner, host: str, port: int, *, start: bool) -> Node:
+        """The node at ``host:port``, made if new (``start``: connecting in
+        the background — a primary that appeared while running)."""
+        name = _name(self.names, host, port)
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = Node(
+                owner,
+                name,
+                self._new_client(host, port),
+                self._listening(host, port),
+                cluster=True,
+                address=(host, port),
+            )
+            if start:
+                node.start_down(None)
+        return node
+
+    def _follow(self, owner: _Owner) -> None:
+        """The map changed: topics follow their slots (reported: publishes on
+        them may have been missed while they moved)."""
+        moved = owner.rerouted()
+        if moved:
+            owner.report(
+                ConnectionError(
+                    f"{len(moved)} topics moved to other nodes of the Redis Cluster: "
+                    "their publishes may have been missed meanwhile"
                 )
-                owner.resync()
+            )
+            owner.resync()
 
     def _new_client(self, host: str, port: int) -> Redis:
         assert self._template is not None
@@ -313,3 +336,27 @@ async def _close(client: Redis) -> None:
     """Close a client of ours and its pool (a client given a pool leaves it open)."""
     await client.aclose()
     await client.connection_pool.disconnect()
+
+
+def redirect_of(exc: BaseException) -> tuple[int, str, int] | None:
+    """``(slot, host, port)`` of a ``MOVED`` reply (redis-py names it
+    ``MovedError`` on some releases, a plain error on others)."""
+    if isinstance(exc, MovedError):
+        return exc.slot_id, exc.host, int(exc.port)
+    text = str(exc)
+    if not text.startswith("MOVED "):
+        return None
+    try:
+        _, slot, address = text.split(" ")
+        host, _, port = address.rpartition(":")
+        return int(slot), host, int(port)
+    except ValueError:
+        return None
+
+
+def in_motion(exc: BaseException) -> bool:
+    """An error of a cluster in motion (a slot moved or moving, a node
+    rejoining): read the map again and try later."""
+    if isinstance(exc, AskError | ClusterDownError | TryAgainError):  # MovedError too
+        return True
+    return str(exc).startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN"))
