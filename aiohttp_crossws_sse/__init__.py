@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._adapter import ADAPTER_KEY, SSEAdapter, get_adapter, sse_adapter
 from ._errors import BackplaneError, SSEError
-from ._hooks import Hooks, define_hooks
+from ._hooks import Hooks, HooksDict, UpgradeAccept, define_hooks
 from ._message import Message
 from ._peer import CloseDetails, Peer
 from ._wire import ReadyState
@@ -14,11 +14,13 @@ __all__ = [
     "BackplaneError",
     "CloseDetails",
     "Hooks",
+    "HooksDict",
     "Message",
     "Peer",
     "ReadyState",
     "SSEAdapter",
     "SSEError",
+    "UpgradeAccept",
     "define_hooks",
     "get_adapter",
     "sse_adapter",

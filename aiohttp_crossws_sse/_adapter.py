@@ -7,7 +7,7 @@ import asyncio
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, Unpack, cast
 
 from aiohttp import web
 
@@ -17,13 +17,14 @@ from ._frame import encode_retry
 from ._handlers import NO_MESSAGES, Handlers, refuse_messages
 from ._hooks import (
     Hooks,
+    HooksLike,
     Resolver,
     as_hooks,
     logger,
     run_error_hooks,
     sse_error,
 )
-from ._options import Options
+from ._options import AdapterOptions, Options
 from ._peer import REASON_RESUME, REASON_SHUTDOWN, CloseDetails, Peer, PeerView
 from ._registry import Registry
 from ._wire import ReadyState
@@ -54,11 +55,11 @@ class SSEAdapter(Handlers):
 
     def __init__(
         self,
-        hooks: object = None,
+        hooks: HooksLike | None = None,
         *,
         resolve: Resolver | None = None,
         bidir: bool = False,
-        **options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self._hooks: tuple[Hooks, ...] = (as_hooks(hooks),) if hooks is not None else (Hooks(),)
         if resolve is not None and not callable(resolve):
@@ -69,7 +70,7 @@ class SSEAdapter(Handlers):
         self._bidir = bidir
         if not bidir and self._hooks[0].message is not None:
             warnings.warn(NO_MESSAGES, UserWarning, stacklevel=3)
-        self.options = Options.from_kwargs(options)
+        self.options = Options.from_kwargs(dict(options))
         self._registry: Registry[Connection] = Registry(self.options, self._relay_failed)
         self._registry.adapter = self
         #: Unique per adapter; backplanes drop what they relayed themselves.
@@ -350,18 +351,19 @@ def get_adapter(
 
 
 def sse_adapter(
-    hooks: object = None,
+    hooks: HooksLike | None = None,
     *,
     resolve: Resolver | None = None,
     bidir: bool = False,
-    **options: Any,
+    **options: Unpack[AdapterOptions],
 ) -> SSEAdapter:
     """Create an SSE adapter.
 
-    ``hooks``: ``define_hooks(...)``, a ``dict`` of hook names, or an object
-    with hook attributes. ``resolve``: ``(request) -> hooks | None``, called
+    ``hooks``: ``define_hooks(...)`` or a ``dict`` of hook names (typed:
+    ``HooksDict``); an object with hook attributes also works at run time,
+    untyped. ``resolve``: ``(request) -> hooks | None``, called
     once per connection; its hooks run after the global ones. ``bidir``:
-    accept client messages over ``POST``. Options: see the README; a bad
+    accept client messages over ``POST``. Options: see docs/concepts.md ("Options"); a bad
     value raises ``ValueError``/``TypeError`` naming the option.
     """
     return SSEAdapter(hooks, resolve=resolve, bidir=bidir, **options)

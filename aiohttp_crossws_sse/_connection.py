@@ -193,6 +193,9 @@ class Connection:
         try:
             if source is not None and self.state == ReadyState.OPEN:
                 complete = await self._write_missed(source)
+                # A backplane outage now: the others' publishes meanwhile
+                # may be missing from this instance's history.
+                complete = complete and self.registry.hears_everything()
         except Exception as exc:
             failure = exc
         finally:

@@ -16,6 +16,7 @@ from ._wire import KEEPALIVE_COMMENT
 
 __all__ = [
     "EAGER_WRITE",
+    "FORBIDDEN_IN_HEADER",
     "KEEPALIVE_FRAME",
     "encode_comment",
     "encode_event",
@@ -33,6 +34,12 @@ EAGER_WRITE = 16384
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\0]")
+#: What a header value cannot carry: HTTP (RFC 9110 section 5.5) and aiohttp,
+#: on both the client and the server side, refuse every control character
+#: but tab. An event id must come back in a ``Last-Event-ID`` header.
+FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: ...and a header's value loses its leading and trailing spaces and tabs.
+_TRIMMED_IN_HEADER = re.compile(r"^[ \t]|[ \t]$")
 
 
 def to_text(data: Any) -> str:
@@ -59,6 +66,25 @@ def _check_field(name: str, value: object) -> str:
     return value
 
 
+def _check_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"id must be a str, not {type(value).__name__}")
+    # A client sends the id back in a Last-Event-ID header: one it cannot
+    # carry would fail every reconnection, one it trims would not match.
+    if FORBIDDEN_IN_HEADER.search(value):
+        raise ValueError(
+            "id must not contain a line break, NUL or other control character "
+            "(tab excepted): a client sends it back in a Last-Event-ID header, "
+            f"which cannot carry one: {value!r}"
+        )
+    if _TRIMMED_IN_HEADER.search(value):
+        raise ValueError(
+            "id must not start or end with a space or tab: a client sends it back "
+            f"in a Last-Event-ID header, which loses them: {value!r}"
+        )
+    return value
+
+
 def _chunk(body: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(body), body)
 
@@ -73,7 +99,9 @@ def encode_event(
     """Encode one event as a chunked HTTP/1.1 frame.
 
     Every line of the data (split on CRLF, LF and CR) becomes its own
-    ``data:`` line. ``event``/``id`` with a line break or NUL and a negative
+    ``data:`` line. An ``event`` with a line break or NUL, an ``id`` that
+    cannot come back intact in a ``Last-Event-ID`` header (a control
+    character but tab, a leading or trailing space or tab) and a negative
     ``retry`` raise ``ValueError``; wrong types raise ``TypeError``.
     """
     return encode_text(to_text(data), event=event, id=id, retry=retry)
@@ -89,7 +117,7 @@ def encode_text(
     """``encode_event`` for data already converted to text."""
     head = ""
     if id is not None:
-        head += "id: " + _check_field("id", id) + "\n"
+        head += "id: " + _check_id(id) + "\n"
     if event is not None:
         head += "event: " + _check_field("event", event) + "\n"
     if retry is not None:
@@ -108,7 +136,7 @@ def encode_text(
 def encode_published(text: str, *, event: str | None, id: str) -> bytes:
     """``encode_text`` for a published event with an id: ``id:`` without
     the optional space, since every subscriber's stream carries that line."""
-    head = "id:" + _check_field("id", id) + "\n"
+    head = "id:" + _check_id(id) + "\n"
     if event is not None:
         head += "event: " + _check_field("event", event) + "\n"
     if "\n" in text or "\r" in text:

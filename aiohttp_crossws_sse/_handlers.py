@@ -114,22 +114,22 @@ class Handlers:
         return request.path
 
     def _unavailable(self) -> web.StreamResponse | None:
-        """503 while shutting down or at ``max_peers``."""
+        """The refusal of a new stream while shutting down or at ``max_peers``
+        (option ``refusal``), or ``None`` to admit it."""
         options = self.options
         if self._closing:
-            why = "server shutting down"
-            operator_log.log(why, logging.INFO, "refused a stream with 503: %s", why)
+            why, level, detail = "server shutting down", logging.INFO, "server shutting down"
         elif options.max_peers is not None and len(self._registry.connections) >= options.max_peers:
-            why = "too many streams"
-            operator_log.log(
-                why,
-                logging.WARNING,
-                "refused a stream with 503: max_peers=%d reached",
-                options.max_peers,
-            )
+            why, level = "too many streams", logging.WARNING
+            detail = f"max_peers={options.max_peers} reached"
         else:
             return None
         self._registry.stats.peers_rejected += 1
+        if options.refusal == "retry":
+            retry = options.retry_after * 1000
+            operator_log.log(why, level, "refused a stream, retry in %d ms: %s", retry, detail)
+            return _retry_later(why, retry)
+        operator_log.log(why, level, "refused a stream with 503: %s", detail)
         return web.Response(
             status=503,
             text=f"Service Unavailable: {why}",
@@ -246,6 +246,19 @@ class Handlers:
             stats=self._registry.stats,
             spawn=self._spawn,
         )
+
+
+def _retry_later(why: str, retry: int) -> web.Response:
+    """A refusal an ``EventSource`` honours: any answer but a 200 event stream
+    makes it give up for good, while a stream that ends makes it reconnect
+    after its reconnection time, which the ``retry:`` line sets. The comment
+    says why to whoever reads the bytes; no event, and no ``id:`` (which would
+    reset the client's Last-Event-ID)."""
+    return web.Response(
+        body=f": {why}\nretry: {retry}\n\n".encode(),
+        content_type="text/event-stream",
+        headers={hdrs.CACHE_CONTROL: "no-cache"},
+    )
 
 
 def _rejection(response: web.StreamResponse) -> web.StreamResponse:

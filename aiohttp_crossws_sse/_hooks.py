@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
 from aiohttp import web
 
 from ._errors import SSEError
+from ._frame import FORBIDDEN_IN_HEADER
 
 if TYPE_CHECKING:
     from ._message import Message
@@ -19,8 +19,12 @@ if TYPE_CHECKING:
 __all__ = [
     "HOOK_NAMES",
     "Hooks",
+    "HooksDict",
+    "HooksLike",
     "SSEError",
     "Upgrade",
+    "UpgradeAccept",
+    "UpgradeResult",
     "define_hooks",
     "invoke",
     "logger",
@@ -32,16 +36,40 @@ __all__ = [
 
 logger = logging.getLogger("aiohttp_crossws_sse")
 
-_FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
 
-UpgradeResult: TypeAlias = "None | Mapping[str, Any] | web.StreamResponse"
+
+class UpgradeAccept(TypedDict, total=False):
+    """What an ``upgrade`` hook returns to accept the stream with changes
+    (any subset; a misspelt key is a type error, and a ``TypeError`` at run
+    time)."""
+
+    #: Response headers; they override the defaults (case-insensitively).
+    headers: Mapping[str, str] | None
+    #: Becomes ``peer.context`` (the very dict).
+    context: dict[str, Any] | None
+    #: The peer's namespace instead of the request path.
+    namespace: str | None
+
+
+#: ``None`` accepts; ``UpgradeAccept`` accepts with changes; a response rejects.
+UpgradeResult: TypeAlias = "None | UpgradeAccept | web.StreamResponse"
 UpgradeHook: TypeAlias = Callable[[web.Request], "UpgradeResult | Awaitable[UpgradeResult]"]
 OpenHook: TypeAlias = Callable[["Peer"], "None | Awaitable[None]"]
 MessageHook: TypeAlias = Callable[["Peer", "Message"], "None | Awaitable[None]"]
 CloseHook: TypeAlias = Callable[["Peer", "CloseDetails"], "None | Awaitable[None]"]
 ErrorHook: TypeAlias = Callable[["Peer | None", "SSEError"], "None | Awaitable[None]"]
+
+
+class HooksDict(TypedDict, total=False):
+    """Hooks as a ``dict`` (any subset); a misspelt name is a type error."""
+
+    upgrade: UpgradeHook | None
+    open: OpenHook | None
+    message: MessageHook | None
+    close: CloseHook | None
+    error: ErrorHook | None
 
 
 class Hooks:
@@ -88,6 +116,11 @@ def define_hooks(
 ) -> Hooks:
     """Bundle lifecycle hooks; each may be a plain or a coroutine function."""
     return Hooks(upgrade=upgrade, open=open, message=message, close=close, error=error)
+
+
+#: What ``sse_adapter`` and ``resolve`` take as hooks. (Any object with hook
+#: attributes is accepted at run time too, but only these type-check.)
+HooksLike: TypeAlias = "Hooks | HooksDict"
 
 
 def as_hooks(obj: object, what: str = "hooks") -> Hooks:
@@ -168,7 +201,7 @@ async def run_hooks(hooks: tuple[Hooks, ...], name: str, peer: Peer, *args: Any)
     return ok
 
 
-Resolver: TypeAlias = Callable[[web.Request], "object | None | Awaitable[object | None]"]
+Resolver: TypeAlias = Callable[[web.Request], "HooksLike | None | Awaitable[HooksLike | None]"]
 
 
 class Upgrade:
@@ -203,7 +236,7 @@ class Upgrade:
                     self.headers = {}
                 for name, v in value.items():
                     text = str(v)
-                    if _FORBIDDEN_IN_HEADER.search(str(name)) or _FORBIDDEN_IN_HEADER.search(text):
+                    if FORBIDDEN_IN_HEADER.search(str(name)) or FORBIDDEN_IN_HEADER.search(text):
                         raise ValueError(f"upgrade hook: header {name!r} has a control character")
                     self.headers[str(name)] = text
             elif key == "context":

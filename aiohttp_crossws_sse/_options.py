@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from aiohttp import web
 
-__all__ = ["MAX_SEND_TIMEOUT", "Options"]
+if TYPE_CHECKING:
+    from .sync.base import Sync
+
+__all__ = ["MAX_SEND_TIMEOUT", "AdapterOptions", "Options"]
 
 _POLICIES = ("close", "drop-oldest")
+_REFUSALS = ("503", "retry")
 
 #: The largest ``send_timeout``: 2**31 - 1 milliseconds, the kernel's limit.
 MAX_SEND_TIMEOUT = 2_147_483
@@ -34,9 +38,34 @@ def _integer(name: str, value: Any, *, allow_none: bool = False, minimum: int = 
         raise ValueError(f"option {name!r} must be >= {minimum}, got {value!r}")
 
 
+class AdapterOptions(TypedDict, total=False):
+    """The keyword options of ``sse_adapter`` as types (docs/concepts.md, "Options"):
+    a misspelt name or a value of the wrong type is a type error — and a
+    ``TypeError``/``ValueError`` naming the option at run time."""
+
+    keepalive: float
+    max_buffer: int
+    slow_consumer: Literal["close", "drop-oldest"]
+    send_timeout: float | None
+    max_peers: int | None
+    max_message_size: int
+    namespace: Callable[[web.Request], str] | None
+    sync: Sync | None
+    history: int
+    history_max_age: float | None
+    retry: int | None
+    shutdown_retry: int | None
+    shutdown_timeout: float
+    retry_after: int
+    refusal: Literal["503", "retry"]
+    max_receive_buffer: int
+    max_posts_per_peer: int | None
+    receive_timeout: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Every option of ``sse_adapter`` (README "Options")."""
+    """Every option of ``sse_adapter`` (docs/concepts.md, "Options")."""
 
     keepalive: float = 15.0
     max_buffer: int = 1_048_576
@@ -55,6 +84,11 @@ class Options:
     shutdown_retry: int | None = None
     shutdown_timeout: float = 5.0
     retry_after: int = 5
+    #: How a stream refused at ``max_peers`` or during shutdown is answered:
+    #: "503" (with Retry-After), or "retry" (200 text/event-stream carrying
+    #: ``retry:`` and ending at once), which an EventSource retries instead of
+    #: giving up on for good.
+    refusal: str = "503"
     # -- the POST channel (bidirectional mode; README "Options", _bidir) --------
     #: Bytes held for one peer's POSTs (messages read and not yet handled by
     #: its message hooks, plus the message each POST is reading; real sizes
@@ -101,6 +135,13 @@ class Options:
         _integer("shutdown_retry", self.shutdown_retry, allow_none=True, minimum=0)
         _number("shutdown_timeout", self.shutdown_timeout)
         _integer("retry_after", self.retry_after, minimum=0)
+        if not isinstance(self.refusal, str):
+            raise TypeError(f"option 'refusal' must be a str, not {type(self.refusal).__name__}")
+        if self.refusal not in _REFUSALS:
+            raise ValueError(f"option 'refusal' must be one of {_REFUSALS}, got {self.refusal!r}")
+        if self.refusal == "retry" and self.retry_after == 0:
+            # retry: 0 would have refused browsers reconnect at once, in a loop
+            raise ValueError("option 'refusal' 'retry' needs 'retry_after' >= 1 (seconds)")
         # -- the POST channel --------------------------------------------------------
         _integer("max_receive_buffer", self.max_receive_buffer)
         _integer("max_posts_per_peer", self.max_posts_per_peer, allow_none=True)

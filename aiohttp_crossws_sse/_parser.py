@@ -12,11 +12,22 @@ import codecs
 import re
 from dataclasses import dataclass
 
-__all__ = ["EventStreamParser", "ServerSentEvent"]
+__all__ = ["RETRY_MAX", "EventStreamParser", "ServerSentEvent"]
 
 # The only line terminators of the format: CRLF, a lone LF, a lone CR.
 _EOL = re.compile(r"\r\n|\r|\n")
 _BOM = "\ufeff"
+#: The largest ``retry`` kept (int64's maximum, as browsers store it): a
+#: longer value is clamped, so that neither ``int()`` (which refuses more than
+#: 4300 digits) nor a division to seconds can fail on what a server sent.
+RETRY_MAX = 2**63 - 1
+
+
+def _retry_ms(digits: str) -> int:
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(RETRY_MAX)):
+        return RETRY_MAX
+    return min(int(significant or "0"), RETRY_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +46,9 @@ class ServerSentEvent:
 
 
 class EventStreamParser:
-    """Turns ``text/event-stream`` bytes into :class:`ServerSentEvent` objects.
+    """Turns ``text/event-stream`` bytes into ``ServerSentEvent`` objects.
 
-    Call :meth:`feed` with each chunk as it arrives; chunks may split lines,
+    Call ``feed()`` with each chunk as it arrives; chunks may split lines,
     CRLF pairs and multibyte UTF-8 characters anywhere (invalid UTF-8 is
     replaced by U+FFFD). Lines are handled as soon as their terminator is
     seen, so a lone CR at the end of a chunk completes its line at once.
@@ -49,7 +60,7 @@ class EventStreamParser:
     * ``last_event_id`` -- the stream's last event ID, updated when an event
       block ends (like ``EventSource.lastEventId``);
     * ``retry`` -- the reconnection time in milliseconds set by the last valid
-      ``retry:`` field, or ``None``.
+      ``retry:`` field, or ``None`` (a value over ``RETRY_MAX`` is clamped).
 
     An event still being received when the stream ends is never returned.
     """
@@ -153,7 +164,7 @@ class EventStreamParser:
             if "\0" not in value:
                 self._id_buffer = value
         elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = self._block_retry = int(value)
+            self.retry = self._block_retry = _retry_ms(value)
         # Any other field name is ignored.
 
     def _dispatch(self, events: list[ServerSentEvent]) -> None:

@@ -150,6 +150,13 @@ class Registry(Generic[M]):
         self.history = None
         self.replay_source = source
 
+    def hears_everything(self) -> bool:
+        """Whether every publish of the cluster reaches this instance now:
+        without a backplane, or while it is connected. (A replay from this
+        instance's own history cannot prove itself complete otherwise.)"""
+        sync = self.options.sync
+        return sync is None or bool(sync.up)
+
     def history_gap(self) -> None:
         """This instance may have missed publishes (a backplane outage): its
         own history can no longer prove a replay complete, so it starts a new
@@ -246,7 +253,9 @@ class Registry(Generic[M]):
         event_id = message.id
         if history is not None and event_id is None:
             # ids of this instance's history (other instances give their own)
-            frame = history.record(message.topic, message.namespace, message.data, message.event)
+            frame = history.record(
+                message.topic, message.namespace, message.data, message.event, message.sender
+            )
             event_id = history.last_id()
         elif event_id is not None:
             frame = encode_published(message.data, event=message.event, id=event_id)

@@ -10,7 +10,7 @@
 
 Nothing is counted on the hot path: figures are read from ``adapter.stats()``.
 Exported, each with an ``adapter`` label (the ``name`` given to
-:func:`register`): gauges ``crossws_sse_peers`` (open streams) and
+[register][]): gauges ``crossws_sse_peers`` (open streams) and
 ``crossws_sse_topics``; a counter ``crossws_sse_<key>_total`` for every other
 key of ``stats()``, new keys included.
 
@@ -86,7 +86,7 @@ def _closed(adapter: SSEAdapter) -> bool:
 class SSECollector(Collector):
     """A ``prometheus_client`` collector of one or more adapters' ``stats()``.
 
-    One per registry (:func:`register` finds or creates it): each family
+    One per registry ([register][] finds or creates it): each family
     appears once, one series per adapter (label ``adapter``). Reads happen in
     whichever thread scrapes. A closed adapter is dropped (at the next scrape
     or ``add``)."""
@@ -146,7 +146,8 @@ class SSECollector(Collector):
         yield from families.values()
 
     def describe(self) -> list[Metric]:
-        """The families :meth:`collect` yields, for the registry's name clash check."""
+        """The families [collect][SSECollector.collect] yields, for the registry's
+        name clash check."""
         return list(self.collect())
 
 
@@ -193,11 +194,11 @@ def register(
     The export follows the app: its cleanup unexports the adapter, so a
     factory may build one app after another in one process (a test suite). A
     closed adapter is no longer exported; one never set up stays exported
-    until :func:`unregister` or its ``close()``. Every adapter of a registry
+    until [unregister][] or its ``close()``. Every adapter of a registry
     needs its own ``name`` (else ``ValueError``). Returns the registry's
     collector.
 
-    Multiprocess mode (:func:`multiprocess_dir`) needs ``setup`` first: from
+    Multiprocess mode ([multiprocess_dir][]) needs ``setup`` first: from
     app startup to cleanup a task writes the adapter's figures to this
     worker's files every ``interval`` seconds (``> 0``): how stale another
     worker's figures may be in a scrape. A write is a ``stats()`` and a dozen

@@ -7,7 +7,7 @@ fixtures only do something in tests that request them.
 Fixtures (they need ``pytest-aiohttp``; ``pip install pytest-aiohttp``):
 
 ``sse_client``
-    A factory of connected :class:`~aiohttp_crossws_sse.client.EventSourceClient`
+    A factory of connected [EventSourceClient][aiohttp_crossws_sse.client.EventSourceClient]
     objects, each reading an adapter served by a real ``aiohttp_server``
     (HTTP over 127.0.0.1). Every client it made is closed at teardown, then
     the servers (their shutdown closes the adapters' peers, running close
@@ -20,16 +20,16 @@ Fixtures (they need ``pytest-aiohttp``; ``pip install pytest-aiohttp``):
 
 Helpers (usable with or without the fixtures):
 
-* :func:`next_event` -- the next event;
-* :func:`wait_for_event` -- skip events until one matches;
-* :func:`assert_no_event` -- fail when an event comes within a time;
-* :func:`wait_until` -- poll a condition with a bounded wait;
-* :class:`EventReader` -- parse a raw ``aiohttp.ClientResponse`` event stream
+* [next_event][] -- the next event;
+* [wait_for_event][] -- skip events until one matches;
+* [assert_no_event][] -- fail when an event comes within a time;
+* [wait_until][] -- poll a condition with a bounded wait;
+* [EventReader][] -- parse a raw ``aiohttp.ClientResponse`` event stream
   (for tests that make their requests with ``aiohttp_client``).
 
 One rule, the client's too (``EventSourceClient.next_event``): a wait that
 runs out raises ``TimeoutError``, a stream that ends first raises
-:class:`~aiohttp_crossws_sse.client.SSEClientError` (a connection that
+[SSEClientError][aiohttp_crossws_sse.client.SSEClientError] (a connection that
 breaks raises aiohttp's error as it is); each message is short, naming the
 URL, the number of events seen and the last few. A ``timeout``
 bounds the whole wait, however many keep-alive comments arrive meanwhile.
@@ -54,14 +54,9 @@ from aiohttp.web import HTTPMethodNotAllowed
 from yarl import URL
 
 from . import SSEAdapter
+from ._describe import describe_event, describe_events
 from ._parser import EventStreamParser, ServerSentEvent
-from .client import (
-    EventSourceClient,
-    SSEClientError,
-    _describe_event,
-    _describe_events,
-    connect,
-)
+from .client import EventSourceClient, SSEClientError, connect
 
 if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpServer
@@ -86,8 +81,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Seconds every helper waits by default before failing.
 DEFAULT_TIMEOUT = 5.0
+"""Seconds every helper waits by default before failing."""
 
 
 # -- reading a raw event stream ------------------------------------------------------
@@ -106,7 +101,7 @@ class EventReader:
     ``" ping"``). Every method raises ``TimeoutError`` when ``timeout``
     seconds pass, a bound on the whole call however many keep-alive comments
     arrive meanwhile (``None``: no bound), and
-    :class:`~aiohttp_crossws_sse.client.SSEClientError` when the stream
+    [SSEClientError][aiohttp_crossws_sse.client.SSEClientError] when the stream
     ends first.
     """
 
@@ -123,6 +118,11 @@ class EventReader:
         """Comment lines read so far (the text after the colon)."""
         return self.parser.comments
 
+    @property
+    def events_seen(self) -> int:
+        """How many events were returned (``len(events)``, as for a client)."""
+        return len(self.events)
+
     async def _within(
         self, timeout: float | None, what: str, wait: Callable[[], Awaitable[T]]
     ) -> T:
@@ -136,7 +136,7 @@ class EventReader:
                 raise
             raise TimeoutError(
                 f"no {what} within {timeout}s from {self.response.url}; "
-                f"{_describe_events(self.events)}"
+                f"{describe_events(self.events)}"
             ) from None
         return result
 
@@ -152,7 +152,7 @@ class EventReader:
         while not self._pending:
             if self.eof:
                 raise SSEClientError(
-                    f"the event stream {self.response.url} ended; {_describe_events(self.events)}",
+                    f"the event stream {self.response.url} ended; {describe_events(self.events)}",
                     status=self.response.status,
                 )
             await self._read()
@@ -196,7 +196,7 @@ class EventReader:
                 if self.eof:
                     raise SSEClientError(
                         f"the event stream {self.response.url} ended before a comment; "
-                        f"{_describe_events(self.events)}",
+                        f"{describe_events(self.events)}",
                         status=self.response.status,
                     )
                 await self._read()
@@ -241,17 +241,17 @@ async def _wait(
             raise
         raise TimeoutError(
             f"no {wanted} within {timeout}s from {_where(source)}; "
-            f"{_describe_events(source.events)}"
+            f"{describe_events(source.events, source.events_seen)}"
         ) from None
     return event
 
 
 async def next_event(source: EventSource, timeout: float = DEFAULT_TIMEOUT) -> ServerSentEvent:
-    """Return the next event of ``source`` (a client or an :class:`EventReader`).
+    """Return the next event of ``source`` (a client or an [EventReader][]).
 
     ``timeout`` bounds the whole wait (keep-alive comments do not extend
     it): after it, ``TimeoutError``. A stream that ends first raises
-    :class:`~aiohttp_crossws_sse.client.SSEClientError`. Both messages name
+    [SSEClientError][aiohttp_crossws_sse.client.SSEClientError]. Both messages name
     the URL and sum up the events seen so far. A timeout loses nothing: the
     next call goes on reading.
     """
@@ -274,7 +274,7 @@ async def wait_for_event(
     an unnamed event is ``"message"``). Events read before it are skipped
     (they stay in ``source.events``). ``timeout`` bounds the whole wait:
     after it, ``TimeoutError``; a stream that ends first raises
-    :class:`~aiohttp_crossws_sse.client.SSEClientError`.
+    [SSEClientError][aiohttp_crossws_sse.client.SSEClientError].
     """
     __tracebackhide__ = True
     wanted = ", ".join(
@@ -304,7 +304,7 @@ async def assert_no_event(source: EventSource, *, within: float) -> None:
     when no event came. An event that comes fails the test with an
     ``AssertionError`` naming it (it is consumed: it is in
     ``source.events``); a stream that ends meanwhile raises
-    :class:`~aiohttp_crossws_sse.client.SSEClientError`. It only shows that
+    [SSEClientError][aiohttp_crossws_sse.client.SSEClientError]. It only shows that
     nothing came *within* that time: choose ``within`` long enough for an
     event wrongly sent to arrive (on 127.0.0.1, a few tenths of a second)::
 
@@ -321,7 +321,7 @@ async def assert_no_event(source: EventSource, *, within: float) -> None:
             return
         raise
     raise AssertionError(
-        f"expected no event within {within}s from {_where(source)}, got {_describe_event(event)}"
+        f"expected no event within {within}s from {_where(source)}, got {describe_event(event)}"
     )
 
 
@@ -406,7 +406,7 @@ class SSEClientFactory:
     Servers are started on first use and reused: one per ``app`` you pass,
     and one per adapter when the factory builds the app (whatever paths it is
     asked for: an adapter follows one app). Everything is closed by
-    :meth:`close`, which the fixture calls at teardown.
+    ``close()``, which the fixture calls at teardown.
     """
 
     def __init__(self, aiohttp_server: AiohttpServer) -> None:
@@ -503,16 +503,21 @@ class SSEClientFactory:
         last_event_id: str | None = None,
         reconnect: bool = False,
         retry: float = 3.0,
+        max_retry: float = 30.0,
         timeout: float | None = DEFAULT_TIMEOUT,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = DEFAULT_TIMEOUT,
+        keep: int | None = 100,
         session: aiohttp.ClientSession | None = None,
     ) -> EventSourceClient:
         """Open a stream and return its connected client.
 
         ``adapter``, ``path`` and ``app`` choose the server (see
-        :meth:`server`); ``query`` is added to the URL. The other arguments
-        are those of :func:`aiohttp_crossws_sse.client.connect`; ``timeout``
-        bounds the wait for the response headers. When the server refuses
-        the stream, :class:`~aiohttp_crossws_sse.client.SSEClientError`
+        [server][SSEClientFactory.server]); ``query`` is added to the URL. The other arguments
+        are those of [connect][aiohttp_crossws_sse.client.connect]; ``timeout``
+        bounds the wait for the response headers and ``send_timeout`` each
+        ``send()`` (both 5 s here, a test's bound). When the server refuses
+        the stream, [SSEClientError][aiohttp_crossws_sse.client.SSEClientError]
         (with ``status`` and ``body``) is raised. The client comes back
         before any event is read: the peer is open once the first event
         arrives (``await next_event(client)``), or see
@@ -526,7 +531,11 @@ class SSEClientFactory:
             last_event_id=last_event_id,
             reconnect=reconnect,
             retry=retry,
+            max_retry=max_retry,
             timeout=timeout,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            keep=keep,
         )
         self.clients.append(client)
         try:
@@ -547,7 +556,7 @@ if pytest_asyncio is not None:
     @pytest_asyncio.fixture
     async def sse_client(aiohttp_server: AiohttpServer) -> AsyncIterator[SSEClientFactory]:
         """A factory of connected SSE clients against real servers; see
-        :class:`SSEClientFactory`. ``await sse_client(adapter)`` opens a
+        [SSEClientFactory][]. ``await sse_client(adapter)`` opens a
         stream of ``adapter`` served at ``/sse``; ``await sse_client(app=app)``
         one of an app you built. Clients, then servers, close at teardown."""
         factory = SSEClientFactory(aiohttp_server)

@@ -284,7 +284,8 @@ def verify(dones: list[dict[str, Any] | None], clients: int, messages: int) -> l
 def burst(setup: str, rnd: int, backplane: Backplane | None, args: Any) -> Run:
     run = Run(setup, rnd)
     server_cpu, client_cpus = pinning(not args.no_pin)
-    servers = start_instances(1 if backplane is None else 2, backplane, server_cpu)
+    alone = setup.endswith(" alone")
+    servers = start_instances(1 if backplane is None or alone else 2, backplane, server_cpu)
     clients: list[LoadClient] = []
     try:
         clients, run.problems = open_clients(
@@ -926,6 +927,12 @@ def main() -> None:
         "default: last, the slowest peers of an instance)",
     )
     ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="also burst on one instance with the backplane and no other instance (what "
+        "relaying costs the publisher, apart from a second process)",
+    )
+    ap.add_argument(
         "--ordered",
         action="store_true",
         help="also measure latency with ordered=True, and the backplane's round trip",
@@ -1020,7 +1027,10 @@ def main() -> None:
         backplane: Backplane = (Redis if name == "redis" else Postgres)(client_cpus[0])
         try:
             for rnd in range(1, args.rounds + 1):
-                for setup in ("single", backplane.label):
+                setups = ["single", backplane.label]
+                if args.alone:
+                    setups.append(f"{backplane.label} alone")
+                for setup in setups:
                     if setup == "single" and name != backends[0]:
                         continue  # one baseline, measured alongside the first backend
                     run = burst(setup, rnd, None if setup == "single" else backplane, args)
@@ -1051,13 +1061,18 @@ def main() -> None:
             "valid"]  # fmt: skip
     rows = []
     invalid = []
-    for setup in ("single", "Redis", "Postgres"):
+    for setup in ("single", "Redis", "Redis alone", "Postgres", "Postgres alone"):
         mine = [r for r in bursts if r.setup == setup]
         if not mine:
             continue
         good = [r for r in mine if r.ok]
         invalid += [f"{setup} round {r.round}: " + "; ".join(r.problems) for r in mine if not r.ok]
-        label = "1 instance" if setup == "single" else f"2 instances via {setup} (publish on A)"
+        if setup == "single":
+            label = "1 instance"
+        elif setup.endswith(" alone"):
+            label = f"1 instance with {setup.split()[0]} (relays to no one)"
+        else:
+            label = f"2 instances via {setup} (publish on A)"
         if not good:
             rows.append([label, "-", "-", "-", "-", f"0/{len(mine)} INVALID"])
             continue

@@ -21,6 +21,7 @@ The ``upgrade`` hook sees the request before any stream exists:
 from __future__ import annotations
 
 import argparse
+import hmac
 
 from aiohttp import web
 
@@ -84,9 +85,24 @@ PAGE = """<!doctype html>
 """
 
 
+def user_of(token: str) -> str | None:
+    """The user a token belongs to, or ``None``.
+
+    Compared with ``hmac.compare_digest`` against every known token: its time
+    does not depend on how much of a guess is right (``==`` or a dict lookup
+    would stop at the first wrong character, and let the timing tell).
+    """
+    given = token.encode()
+    found = None
+    for known, user in USERS.items():
+        if hmac.compare_digest(given, known.encode()):
+            found = user
+    return found
+
+
 def upgrade(request: web.Request) -> dict[str, object]:
     """Accept known tokens, with the user in the context; ``401`` otherwise."""
-    user = USERS.get(request.query.get("token", ""))
+    user = user_of(request.query.get("token", ""))
     if user is None:
         raise web.HTTPUnauthorized(text="missing or bad token")
     return {

@@ -1,6 +1,6 @@
 """The seed example of the crossws SSE docs: the open hook sends "hello!".
 
-Run:  ./scripts/demo   (or: python examples/basic.py [--port 8080])
+Run:  python examples/basic.py [--port 8080]
 Open http://127.0.0.1:8080/ — the page connects with `new EventSource("/sse")`
 and shows what arrives.
 """

@@ -1,4 +1,4 @@
-"""README "Deploying", each part
+"""docs/deployment.md, each part
 against real servers on 127.0.0.1.
 
 - nginx (Debian's) runs ``deploy/nginx.conf`` itself, with only the upstream
@@ -9,6 +9,10 @@ against real servers on 127.0.0.1.
 - CORS: the doc's aiohttp-cors code, over HTTP and from Chromium.
 - Chromium (``browser`` tests) through nginx: 6 connections per origin over
   HTTP/1.1, no such limit over HTTP/2, and streamed uploads only over HTTP/2.
+- Restarts and refusals: nginx's retry answer for an absent app (and the
+  app's own refusals passed on), the adapter's ``refusal="retry"``,
+  ``deploy/app.py``'s ``recovered`` event, and Chromium across a gunicorn
+  restart (Redis history, the doc's ``keepEventSource``).
 
 Under ``CI=true`` a missing nginx, gunicorn, aiohttp-cors or openssl fails the
 test; elsewhere it skips with the reason. Every process started here is
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import os
 import re
 import shlex
@@ -39,12 +44,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aiohttp_crossws_sse import CloseDetails, Message, Peer, define_hooks, sse_adapter
+from aiohttp_crossws_sse import (
+    ADAPTER_KEY,
+    CloseDetails,
+    Message,
+    Peer,
+    define_hooks,
+    sse_adapter,
+)
 from aiohttp_crossws_sse.client import EventSourceClient, SSEClientError, connect
 from aiohttp_crossws_sse.testing import EventReader, wait_until
-from tests.backplanes import RedisServer, redis_server_fixture  # noqa: F401
+from tests.backplanes import RedisServer, redis_server_fixture, running_redis  # noqa: F401
 from tests.browser import conftest as browser_conftest
 from tests.conftest import keepalives_written
+from tests.test_docs import doc_block
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -113,22 +126,19 @@ def tail(log: IO[bytes], size: int = 4000) -> str:
 # -- the doc -----------------------------------------------------------------------------
 
 
-def deploying_doc() -> str:
-    """README's "Deploying" section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Deploying\n")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end != -1 else None]
-
-
-def code_blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+# The doc's gunicorn commands (docs/deployment.md, `<!-- check: run NAME -->`).
+def gunicorn_commands() -> list[str]:
+    return [
+        doc_block("deploy-gunicorn"),
+        doc_block("deploy-gunicorn-conf"),
+        doc_block("deploy-history"),
+    ]
 
 
 def doc_command(marker: str) -> tuple[dict[str, str], list[str]]:
     """The doc's shell command containing ``marker``: its ``VAR=value`` prefix
     and its arguments after ``gunicorn``."""
-    for block in code_blocks(deploying_doc(), "sh"):
+    for block in gunicorn_commands():
         for line in block.replace("\\\n", " ").splitlines():
             if marker in line:
                 words = shlex.split(line.split("#", 1)[0])
@@ -148,8 +158,30 @@ def directives(block: str) -> list[str]:
 
 
 def sse_location(text: str) -> str:
-    start = text.index("location = /sse {")
-    return text[start : text.index("}", start) + 1]
+    return block(text, "location = /sse {")
+
+
+def fallback_location(text: str) -> str:
+    return block(text, "location @sse_unavailable {")
+
+
+def block(text: str, opener: str) -> str:
+    """The nginx block that ``opener`` opens, to its matching brace (braces
+    in comments do not count)."""
+    start = end = text.index(opener)
+    depth = 0
+    for line in text[start:].splitlines(keepends=True):
+        code = line.split("#", 1)[0]
+        depth += code.count("{") - code.count("}")
+        end += len(line)
+        if depth == 0:
+            return text[start:end]
+    raise AssertionError(f"{opener!r} is not closed")
+
+
+# The line of deploy/nginx.conf that answers the stream's GET with a retry
+# while the app is down (some tests take it out to show what it does).
+FALLBACK = "error_page 502 504 = @sse_unavailable;"
 
 
 # -- nginx -------------------------------------------------------------------------------
@@ -179,9 +211,15 @@ class TLS:
     key: str
 
 
-def render_site(app_port: int, port: int, tls: TLS | None, version: tuple[int, ...]) -> str:
+Changes = tuple[tuple[str, str], ...]
+
+
+def render_site(
+    app_port: int, port: int, tls: TLS | None, version: tuple[int, ...], changes: Changes = ()
+) -> str:
     """deploy/nginx.conf with the app's port for its upstream and our listen
-    line(s) for its ``listen 80;``; nothing else is touched."""
+    line(s) for its ``listen 80;``; nothing else is touched, but for the
+    ``changes`` (old, new) a test names to show what one line does."""
     text = NGINX_CONF.read_text(encoding="utf-8")
     listen = f"listen 127.0.0.1:{port};"
     if tls is not None:  # the doc's HTTP/2 lines, for the nginx at hand
@@ -193,6 +231,7 @@ def render_site(app_port: int, port: int, tls: TLS | None, version: tuple[int, .
     for old, new in (
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{app_port};"),
         ("listen 80;", listen),
+        *changes,
     ):
         assert text.count(old) == 1, f"deploy/nginx.conf must say {old!r} once: the test sets it"
         text = text.replace(old, new)
@@ -245,25 +284,28 @@ class Nginx:
         )  # fmt: skip
         return cert, key
 
-    def _spawn(self, app_port: int, port: int, tls: TLS | None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, app_port: int, port: int, tls: TLS | None, changes: Changes
+    ) -> subprocess.Popen[bytes]:
         # As root, nginx's workers would switch to "nobody", who cannot use our
         # temporary directory; a test on loopback keeps them root.
         user = "user root;\n" if os.geteuid() == 0 else ""
         conf = Path(self.dir, "nginx.conf")
         conf.write_text(NGINX_MAIN.format(user=user, dir=self.dir))
-        Path(self.dir, "site.conf").write_text(render_site(app_port, port, tls, self.version))
+        site = render_site(app_port, port, tls, self.version, changes)
+        Path(self.dir, "site.conf").write_text(site)
         return subprocess.Popen(
             [self.binary, "-c", str(conf), "-p", self.dir + "/",
              "-g", f"daemon off; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;"],
             stdout=self.log, stderr=self.log,
         )  # fmt: skip
 
-    async def start(self, app_port: int, *, tls: bool = False) -> None:
+    async def start(self, app_port: int, *, tls: bool = False, changes: Changes = ()) -> None:
         certificate = self._certificate() if tls else None
         for _ in range(3):  # a free port may be taken before nginx binds it
             port = free_port()
             tls_at = TLS(free_port(), *certificate) if certificate else None
-            self.proc = self._spawn(app_port, port, tls_at)
+            self.proc = self._spawn(app_port, port, tls_at, changes)
             ports = [port] + ([tls_at.port] if tls_at else [])
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 15
@@ -495,6 +537,7 @@ def test_nginx_conf_directives() -> None:
         "gzip off;",
         "proxy_request_buffering off;",
         "client_max_body_size 0;",
+        FALLBACK,
     ):
         assert line in location, line
     units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -504,9 +547,268 @@ def test_nginx_conf_directives() -> None:
     keepalive = sse_adapter().options.keepalive
     assert int(found[1]) * units[found[2]] >= 3 * keepalive, read_timeout
 
-    shown = [block for block in code_blocks(deploying_doc(), "nginx") if "location = /sse" in block]
-    assert len(shown) == 1, "the doc shows the stream's location once"
-    assert directives(sse_location(shown[0])) == location, "the doc and deploy/nginx.conf differ"
+    shown = doc_block("nginx-sse-location")
+    assert directives(sse_location(shown)) == location, "the doc and deploy/nginx.conf differ"
+    # and the location that answers for an absent app, as the file has it
+    fallback = directives(fallback_location(NGINX_CONF.read_text(encoding="utf-8")))
+    shown = doc_block("nginx-fallback")
+    assert FALLBACK in directives(shown), "the doc shows the error_page line with it"
+    assert directives(fallback_location(shown)) == fallback, "the doc and the file differ"
+
+
+# -- nginx while the app is down -----------------------------------------------------------
+
+
+def fallback_retry() -> int:
+    """The ``retry:`` of deploy/nginx.conf's answer for an absent app."""
+    found = re.search(r"retry: (\d+)", fallback_location(NGINX_CONF.read_text(encoding="utf-8")))
+    assert found
+    return int(found[1])
+
+
+@contextlib.contextmanager
+def silent_app() -> Iterator[int]:
+    """A port whose listener never accepts: connections wait in its backlog
+    and nothing ever answers (a hung app). Its port."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("down", ["nothing-listens", "no-answer-in-time"])
+async def test_nginx_answers_the_stream_for_an_absent_app(down: str) -> None:
+    """The app is not there: nginx's own 502 (connection refused) or 504 (no
+    answer within proxy_read_timeout, cut to 1 s here). An EventSource's GET
+    gets a 200 event stream that only says when to retry, so the browser
+    retries instead of giving up for good; anything else gets nginx's 502.
+    Without the error_page line the GET gets the 502 or 504 itself."""
+    binary = nginx_binary()
+    with contextlib.ExitStack() as stack:
+        if down == "nothing-listens":
+            port, changes, status = free_port(), (), 502
+        else:
+            port, status = stack.enter_context(silent_app()), 504
+            changes = (("proxy_read_timeout 60s;", "proxy_read_timeout 1s;"),)
+        proxy, bare = Nginx(binary), Nginx(binary)
+        try:
+            await proxy.start(port, changes=changes)
+            await bare.start(port, changes=(*changes, (FALLBACK, "")))
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                headers = {"Accept": "text/event-stream", "Accept-Encoding": "gzip"}
+                async with session.get(proxy.url + "/sse", headers=headers) as answer:
+                    assert answer.status == 200
+                    assert answer.headers["Content-Type"] == "text/event-stream"
+                    assert answer.headers["Cache-Control"] == "no-cache"
+                    assert "Content-Encoding" not in answer.headers
+                    reader = EventReader(answer)
+                    assert await reader.rest(WAIT) == []  # no event: nothing to dispatch
+                    assert reader.parser.retry == fallback_retry()
+                    # no id: field, which would reset the browser's Last-Event-ID
+                    assert not re.search(rb"^id", bytes(reader.raw), re.M), reader.raw
+                # what is not an EventSource's GET sees the outage
+                for method in ("POST", "HEAD", "OPTIONS"):
+                    body = b"x" if method == "POST" else None
+                    async with session.request(method, proxy.url + "/sse", data=body) as answer:
+                        assert answer.status == 502, (method, answer.status)
+                        assert answer.headers["Content-Type"] == "text/html", method
+                if down == "nothing-listens":  # the rest of the app is not answered for
+                    async with session.get(proxy.url + "/other") as answer:
+                        assert answer.status == 502
+                # the line is what does it
+                async with session.get(bare.url + "/sse", headers=headers) as answer:
+                    assert answer.status == status
+            expected = "Connection refused" if down == "nothing-listens" else "timed out"
+            assert expected in proxy.errors(), proxy.errors()
+        finally:
+            await proxy.stop()
+            await bare.stop()
+
+
+async def test_nginx_passes_on_the_apps_own_refusals(nginx_in_front: Any) -> None:
+    """Only nginx's own errors are answered with a retry: what the app itself
+    answers the stream's GET (its upgrade hook's 401/403, even a 502 of its
+    own; its 503 at max_peers) reaches the client as the app sent it."""
+
+    def upgrade(request: web.Request) -> None:
+        status = request.query.get("refuse")
+        if status == "401":
+            raise web.HTTPUnauthorized(text="bad token")
+        if status == "403":
+            raise web.HTTPForbidden(text="not yours")
+        if status == "502":
+            raise web.HTTPBadGateway(text="the app's own 502")
+
+    sse = sse_adapter(define_hooks(upgrade=upgrade), max_peers=1)
+    app = web.Application()
+    sse.setup(app, "/sse")
+    front = await nginx_in_front(app)
+    async with aiohttp.ClientSession() as session:
+        for status, body in (
+            ("401", "bad token"),
+            ("403", "not yours"),
+            ("502", "the app's own 502"),
+        ):
+            async with session.get(front.url + "/sse", params={"refuse": status}) as answer:
+                assert answer.status == int(status)
+                assert await answer.text() == body
+        async with session.get(front.url + "/sse") as held:  # the one stream max_peers allows
+            assert held.status == 200
+            async with session.get(front.url + "/sse") as refused:
+                assert refused.status == 503
+                assert refused.headers["Retry-After"] == "5"
+                assert await refused.text() == "Service Unavailable: too many streams"
+
+
+# -- refusals an EventSource retries (option refusal) --------------------------------------
+
+
+def refusal_app(sse: Any) -> web.Application:
+    app = web.Application()
+    sse.setup(app, "/sse")
+    return app
+
+
+async def assert_retry_answer(answer: aiohttp.ClientResponse, why: str, retry: int) -> None:
+    """A 200 event stream with a comment saying ``why``, ``retry:`` and its end."""
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "text/event-stream"
+    assert answer.headers["Cache-Control"] == "no-cache"
+    assert "Retry-After" not in answer.headers
+    reader = EventReader(answer)
+    assert await reader.rest(WAIT) == []  # the stream ends, with no event
+    assert reader.comments == [" " + why]
+    assert reader.parser.retry == retry
+    assert not re.search(rb"^id", bytes(reader.raw), re.M), reader.raw
+
+
+async def test_refusal_retry_at_max_peers(aiohttp_client: Any) -> None:
+    calls: list[str] = []
+    sse = sse_adapter(
+        define_hooks(
+            upgrade=lambda request: calls.append("upgrade"),
+            open=lambda peer: (calls.append("open"), peer.send("in")),
+        ),
+        max_peers=1,
+        refusal="retry",
+        retry_after=3,
+    )
+    client = await aiohttp_client(refusal_app(sse))
+    held = await client.get("/sse")
+    assert (await EventReader(held).next(WAIT)).data == "in"
+    refused = await client.get("/sse")
+    await assert_retry_answer(refused, "too many streams", 3000)
+    assert calls == ["upgrade", "open", "upgrade"]  # nothing beyond the upgrade hook
+    assert sse.stats()["peers_rejected"] == 1
+    held.close()
+    await wait_until(lambda: not sse.peers, WAIT, "the first stream's end")
+    admitted = await client.get("/sse")  # a slot is free again
+    assert (await EventReader(admitted).next(WAIT)).data == "in"
+    admitted.close()
+
+
+async def test_refusal_retry_while_shutting_down(aiohttp_client: Any) -> None:
+    """The shutdown refusal follows the option too: a stream that arrives
+    while the adapter closes is told to retry (at the next instance)."""
+    sse = sse_adapter(refusal="retry", retry_after=2)
+    client = await aiohttp_client(refusal_app(sse))
+    await sse.close()
+    await assert_retry_answer(await client.get("/sse"), "server shutting down", 2000)
+    assert sse.stats()["peers_rejected"] == 1
+
+
+async def test_refusal_default_is_503(aiohttp_client: Any) -> None:
+    sse = sse_adapter(max_peers=1)
+    assert sse.options.refusal == "503"
+    client = await aiohttp_client(refusal_app(sse))
+    held = await client.get("/sse")
+    refused = await client.get("/sse")
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "5"
+    held.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"refusal": 503}, TypeError),
+        ({"refusal": None}, TypeError),
+        ({"refusal": "410"}, ValueError),
+        ({"refusal": "Retry"}, ValueError),
+        ({"refusal": "retry", "retry_after": 0}, ValueError),  # browsers would loop at once
+    ],
+)
+def test_refusal_is_validated(options: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error, match=r"^option 'refusal'"):
+        sse_adapter(**options)
+
+
+# -- deploy/app.py: history and recovered ---------------------------------------------------
+
+
+async def test_deploy_app_tells_a_resumed_stream_whether_it_recovered(aiohttp_client: Any) -> None:
+    """With history on, ``deploy/app.py`` replays what a stream missed, then
+    sends ``recovered``: ``true`` when nothing was lost, ``false`` for an id
+    it cannot vouch for; a first connection gets no ``recovered``."""
+    from deploy.app import ROOM, make_app
+
+    app = make_app(None, history=100)
+    client = await aiohttp_client(app)
+    sse = app[ADAPTER_KEY]
+    first = EventReader(await client.get("/sse"))
+    assert (await first.next(WAIT)).event == "worker"
+    await wait_until(lambda: sse.peers, WAIT, "the first stream")
+    sse.publish(ROOM, "one")
+    seen = await first.next(WAIT)
+    assert seen.data == "one" and seen.id
+    first.response.close()
+    await wait_until(lambda: not sse.peers, WAIT, "the first stream's end")
+    sse.publish(ROOM, "two")  # while the stream is away
+    sse.publish(ROOM, "three")
+
+    resumed = EventReader(await client.get("/sse", headers={"Last-Event-ID": seen.id}))
+    events = await resumed.take(4, WAIT)
+    assert [(e.event, e.data) for e in events] == [
+        ("message", "two"),  # the replay comes first: what open sent follows it
+        ("message", "three"),
+        ("worker", str(os.getpid())),
+        ("recovered", "true"),
+    ]
+    resumed.response.close()
+    await wait_until(lambda: not sse.peers, WAIT, "the resumed stream's end")
+    sse.publish(ROOM, "four")
+
+    # the header wins over the query parameter (a page's keepEventSource
+    # recreated its EventSource with an id, which then reconnected with a newer one)
+    both = EventReader(
+        await client.get(
+            "/sse", params={"lastEventId": seen.id}, headers={"Last-Event-ID": events[1].id}
+        )
+    )
+    events = await both.take(3, WAIT)
+    assert [(e.event, e.data) for e in events] == [
+        ("message", "four"),
+        ("worker", str(os.getpid())),
+        ("recovered", "true"),
+    ]
+    both.response.close()
+
+    # an id from another history (say, before a restart without Redis): all
+    # that is held is replayed, and the page is told it may have lost some
+    lost = EventReader(await client.get("/sse", params={"lastEventId": "Zz9q-1"}))
+    events = await lost.take(6, WAIT)
+    assert [(e.event, e.data) for e in events] == [
+        ("message", "one"),
+        ("message", "two"),
+        ("message", "three"),
+        ("message", "four"),
+        ("worker", str(os.getpid())),
+        ("recovered", "false"),
+    ]
+    sse.publish(ROOM, "five")
+    assert (await lost.next(WAIT)).data == "five"  # nothing else came before it
+    lost.response.close()
+    await wait_until(lambda: not sse.peers, WAIT, "every stream's end")
 
 
 # -- gunicorn ----------------------------------------------------------------------------
@@ -520,10 +822,10 @@ def gunicorn_installed() -> None:
 class Gunicorn:
     """gunicorn in a subprocess, run from the repository's root like the doc says."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], port: int | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="crossws-gunicorn-")
         self.log = open(os.path.join(self.dir, "gunicorn.log"), "w+b")  # noqa: SIM115
-        self.port = free_port()
+        self.port = port or free_port()  # a restart binds the port of the one before
         base = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
         # gunicorn >= 25 opens a control socket in $XDG_RUNTIME_DIR (else ~/.gunicorn)
         base.update(env, PYTHONUNBUFFERED="1", XDG_RUNTIME_DIR=self.dir)
@@ -571,7 +873,14 @@ class Gunicorn:
 
 
 Stream = tuple[int, EventSourceClient]  # a stream of deploy/app.py, with its worker's PID
-GUNICORN_ENV = ("REDIS_URL", "SSE_CHANNEL", "WEB_CONCURRENCY", "GUNICORN_BIND", "GUNICORN_CMD_ARGS")
+GUNICORN_ENV = (
+    "REDIS_URL",
+    "SSE_CHANNEL",
+    "HISTORY",
+    "WEB_CONCURRENCY",
+    "GUNICORN_BIND",
+    "GUNICORN_CMD_ARGS",
+)
 
 
 def with_bind(args: list[str]) -> list[str]:
@@ -721,10 +1030,10 @@ def cors_app(hooks: Any, origin: str = ORIGIN) -> web.Application:
     """The doc's aiohttp-cors code, as written (with ``origin`` for its origin)."""
     if importlib.util.find_spec("aiohttp_cors") is None:
         missing("aiohttp-cors", "pip install aiohttp-cors")
-    (code,) = [block for block in code_blocks(deploying_doc(), "python") if "aiohttp_cors" in block]
-    assert ORIGIN in code
+    code = doc_block("cors")
+    assert "aiohttp_cors" in code and ORIGIN in code
     namespace: dict[str, Any] = {"hooks": hooks}
-    exec(compile(code.replace(ORIGIN, origin), "README.md", "exec"), namespace)
+    exec(compile(code.replace(ORIGIN, origin), "docs/deployment.md", "exec"), namespace)
     app: web.Application = namespace["app"]
     assert [route.method for route in namespace["routes"]] == ["GET", "POST"]
     return app
@@ -933,3 +1242,153 @@ def _page_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/", blank_page)
     return app
+
+
+# -- Chromium across a gunicorn restart ----------------------------------------------------
+
+
+def keep_event_source_js() -> str:
+    """The doc's keepEventSource, as written."""
+    code = doc_block("keep-event-source")
+    assert "function keepEventSource" in code
+    return code
+
+
+# deploy/app.py's stream read through keepEventSource, and what the page saw.
+# errorStates: the EventSource's readyState at each error (0: the browser
+# retries by itself; 2: it gave up, and keepEventSource opens another one).
+WATCH_ROOM = """() => {
+    const seen = { worker: [], events: [], recovered: [], opens: 0, errorStates: [] };
+    window.seen = seen;
+    window.stream = keepEventSource("/sse", {
+        open: () => { seen.opens += 1; },
+        error: (event) => { seen.errorStates.push(event.target.readyState); },
+        worker: (event) => { seen.worker.push(event.data); },
+        message: (event) => { seen.events.push([event.data, event.lastEventId]); },
+        recovered: (event) => { seen.recovered.push(event.data); },
+    });
+}"""
+
+
+def ids_in_order(ids: list[str]) -> bool:
+    """Cluster ids (``<epoch>-<seq in hex>``): one epoch, strictly increasing."""
+    epochs = {i.rsplit("-", 1)[0] for i in ids}
+    seqs = [int(i.rsplit("-", 1)[1], 16) for i in ids]
+    return len(epochs) == 1 and all(a < b for a, b in itertools.pairwise(seqs))
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("fallback", [True, False], ids=["nginx-answers", "page-reopens"])
+async def test_browser_resumes_across_a_gunicorn_restart(fallback: bool, chromium: Browser) -> None:
+    """Chromium behind deploy/nginx.conf reads deploy/app.py under gunicorn (2
+    workers, RedisSync, history: the doc's command) through the doc's
+    keepEventSource, while another instance of the cluster publishes every
+    50 ms. gunicorn is stopped; once the page has met the gap, it is started
+    again on the same port. The page gets every event exactly once and in
+    order, those of the gap included, and ``recovered`` true.
+
+    ``nginx-answers``: nginx answers the gap with its retry stream, and the
+    EventSource never gives up (readyState never 2). ``page-reopens``: without
+    the error_page line the browser gives up on nginx's 502, and
+    keepEventSource opens a new EventSource with ``lastEventId``."""
+    from aiohttp_crossws_sse.sync import RedisSync
+    from deploy.app import ROOM
+
+    gunicorn_installed()
+    binary = nginx_binary()
+    env, args = doc_command("HISTORY=")
+    history = int(env["HISTORY"])
+    assert "REDIS_URL" in env and history > 0
+    outputs: list[str] = []
+    with running_redis() as redis:
+        channel = f"deploy-{uuid.uuid4().hex}"
+        env.update(REDIS_URL=redis.url, SSE_CHANNEL=channel)
+        publisher = sse_adapter(sync=RedisSync(redis.url, channel=channel), history=history)
+        await publisher.start()
+        published: list[str] = []
+        publishing = True
+
+        async def keep_publishing() -> None:
+            while publishing:
+                text = f"event {len(published)}"
+                publisher.publish(ROOM, text)
+                published.append(text)
+                await asyncio.sleep(0.05)
+
+        server = Gunicorn(with_bind(args), env)
+        proxy = Nginx(binary)
+        publish_task: asyncio.Task[None] | None = None
+        try:
+            await server.listening()
+            await proxy.start(server.port, changes=() if fallback else ((FALLBACK, ""),))
+            context = await chromium.new_context()
+            page = await context.new_page()
+            await page.goto(proxy.url + "/")  # the app's 404: a page of the stream's origin
+            await page.add_script_tag(content=keep_event_source_js())
+            await page.evaluate(WATCH_ROOM)
+
+            async def seen() -> dict[str, Any]:
+                result: dict[str, Any] = await page.evaluate("window.seen")
+                return result
+
+            async def until(what: str, check: Callable[[dict[str, Any]], bool]) -> None:
+                async def met() -> bool:
+                    return check(await seen())
+
+                await wait_until(met, 60, what, interval=0.1)
+
+            await until("the page's stream", lambda s: len(s["worker"]) == 1)
+            publish_task = asyncio.create_task(keep_publishing())
+            await until("10 events", lambda s: len(s["events"]) >= 10)
+
+            # the restart: stop gunicorn (each stream ends with shutdown_retry)
+            assert await stop(server.proc) == 0, server.output()
+            outputs.append(server.output())
+            await server.close()
+            stopped_at = len(published)
+            before = await seen()
+            if fallback:  # the browser reconnects, and nginx answers it
+                await until("nginx's answer in the page", lambda s: s["opens"] > before["opens"])
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(proxy.url + "/sse") as answer,
+                ):
+                    assert answer.status == 200
+                    assert answer.headers["Content-Type"] == "text/event-stream"
+            else:  # nginx's 502: the browser gives up
+                await until("the browser giving up", lambda s: 2 in s["errorStates"])
+            await wait_until(lambda: len(published) >= stopped_at + 5, 30, "publishes in the gap")
+            gap = await seen()
+            assert gap["worker"] == before["worker"] and gap["recovered"] == []
+
+            server = Gunicorn(with_bind(args), env, port=server.port)
+            await server.listening()
+            await until("recovered", lambda s: bool(s["recovered"]))
+            resumed_at = len(published)
+            await until("live events", lambda s: len(s["events"]) > resumed_at + 5)
+            publishing = False
+            await publish_task
+            await until("every event", lambda s: len(s["events"]) >= len(published))
+            after = await seen()
+            texts = [text for text, _ in after["events"]]
+            assert texts == published  # everything, once, in order: the gap's too
+            assert ids_in_order([event_id for _, event_id in after["events"]])
+            assert after["recovered"] == ["true"]
+            assert len(after["worker"]) == 2  # a worker of the new gunicorn
+            if fallback:
+                assert 2 not in after["errorStates"], after["errorStates"]
+            else:
+                assert 2 in after["errorStates"]
+            await context.close()
+            assert await stop(server.proc) == 0, server.output()
+            outputs.append(server.output())
+        finally:
+            publishing = False
+            if publish_task is not None:
+                await publish_task
+            await proxy.stop()
+            await server.close()
+            await publisher.close()
+    for output in outputs:
+        for bad in ("Traceback", "Task was destroyed", "Unclosed", "never retrieved", "[ERROR]"):
+            assert bad not in output, output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hmac
 import importlib.util
 import re
 from pathlib import Path
@@ -157,6 +159,39 @@ async def test_auth_rejects_without_the_token(sse_client: SSEClientFactory, quer
     assert refused.value.status == 401
     assert refused.value.body == "missing or bad token"
     assert not app[auth.SSE].peers
+
+
+async def test_auth_compares_tokens_in_constant_time(
+    sse_client: SSEClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spy that lets the real comparison through: the token is checked with
+    # hmac.compare_digest (on bytes: it refuses non-ASCII str), never with ==.
+    compared: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    app = auth.make_app()
+    client = await sse_client(app=app, query={"token": "secret"})
+    assert (await next_event(client)).data == "Welcome, alice!"
+    assert compared == [(b"secret", b"secret")]
+    for wrong in ("secre", "secret ", "s\u00e9cret"):
+        with pytest.raises(SSEClientError) as refused:
+            await sse_client(app=app, query={"token": wrong})
+        assert refused.value.status == 401, wrong
+
+
+def test_examples_docstrings_name_how_to_run_them() -> None:
+    # What a docstring says to run must run that very example.
+    for path in sorted(EXAMPLES.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        assert f"python examples/{path.name}" in doc, path.name
+        for script in re.findall(r"\./scripts/([\w-]+)", doc):
+            runs = (EXAMPLES.parent / "scripts" / script).read_text(encoding="utf-8")
+            assert f"examples/{path.name}" in runs, f"{path.name} names ./scripts/{script}"
 
 
 async def test_auth_accepts_overrides_headers_and_greets(aiohttp_server: Any) -> None:

@@ -1,9 +1,11 @@
-"""A new user's first hour, following only the README, works as written.
+"""A new user's first hour, following only the README and the docs, works as written.
 
 Builds the sdist and the wheel (``python -m build`` must warn about nothing),
 installs the wheel with the ``testing`` and ``prometheus`` extras into a fresh
-venv, writes every README block marked ``<!-- first-hour: NAME -->`` into a
-fresh project directory, then does what the README says with them: runs the
+venv, writes every block of the README and of ``docs/`` marked
+``<!-- first-hour: NAME -->`` into a fresh project directory, then does what
+they say with them (the README's quick start; docs/testing.md,
+docs/concepts.md and docs/operations.md for the rest): runs the
 test example with pytest, the quick start with its Python client, the bare
 handler and the metrics endpoint, each as ``python NAME`` with the fresh
 venv's interpreter.
@@ -41,6 +43,8 @@ pytestmark = pytest.mark.first_hour  # deselect with -m "not first_hour"
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# Where the first-hour blocks are: the README's quick start, the guides.
+DOC_FILES = (README, *sorted((ROOT / "docs").rglob("*.md")))
 
 # The blocks a new user copies, by the file name the README gives them.
 EXPECTED_BLOCKS = ("app.py", "client.py", "pytest.ini", "test_app.py", "routes.py", "metrics.py")
@@ -51,6 +55,7 @@ README_PORT = "8080"
 BLOCK = re.compile(
     r"^<!-- first-hour: (?P<name>\S+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)^```$", re.M | re.S
 )
+MARKER = re.compile(r"^<!-- first-hour: (\S+) -->", re.M)
 
 # Bounds that keep a broken step from hanging the suite, never measurements.
 BUILD_TIMEOUT = 300.0
@@ -124,24 +129,34 @@ def fail_or_skip(step: str, result: subprocess.CompletedProcess[str]) -> None:
 
 
 def readme_blocks() -> dict[str, str]:
-    text = README.read_text(encoding="utf-8")
+    """The first-hour blocks of the README and the docs, by name."""
     blocks: dict[str, str] = {}
-    for match in BLOCK.finditer(text):
-        name = match["name"]
-        assert name not in blocks, f"README.md marks two blocks `<!-- first-hour: {name} -->`"
-        blocks[name] = match["code"]
-    markers = re.findall(r"<!-- first-hour: (\S+) -->", text)
-    assert sorted(markers) == sorted(blocks), (
-        f"README.md: a `<!-- first-hour: NAME -->` marker must be on the line right before a "
-        f"```python / ```ini fence; markers {markers}, blocks found {sorted(blocks)}"
-    )
+    where: dict[str, str] = {}
+    for path in DOC_FILES:
+        text = path.read_text(encoding="utf-8")
+        doc = path.relative_to(ROOT)
+        found = []
+        for match in BLOCK.finditer(text):
+            name = match["name"]
+            assert name not in blocks, (
+                f"{doc} and {where[name]} mark two blocks `<!-- first-hour: {name} -->`"
+            )
+            blocks[name] = match["code"]
+            where[name] = str(doc)
+            found.append(name)
+        markers = MARKER.findall(text)
+        assert sorted(markers) == sorted(found), (
+            f"{doc}: a `<!-- first-hour: NAME -->` marker must be on the line right before a "
+            f"```python / ```ini fence; markers {markers}, blocks found {sorted(found)}"
+        )
     missing = [name for name in EXPECTED_BLOCKS if name not in blocks]
     assert not missing, (
-        f"README.md has no `<!-- first-hour: NAME -->` block for {missing} (found {sorted(blocks)})"
+        f"neither README.md nor docs/ has a `<!-- first-hour: NAME -->` block for {missing} "
+        f"(found {sorted(blocks)})"
     )
     for name in USES_THE_PORT:
         assert README_PORT in blocks[name], (
-            f"README.md's {name} no longer mentions port {README_PORT}: update this test"
+            f"{where[name]}'s {name} no longer mentions port {README_PORT}: update this test"
         )
     return blocks
 

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiohttp_crossws_sse._frame import encode_comment, encode_event, to_text, unchunk
-from aiohttp_crossws_sse._parser import EventStreamParser, ServerSentEvent
+from aiohttp_crossws_sse._frame import (
+    encode_comment,
+    encode_event,
+    encode_published,
+    encode_text,
+    to_text,
+    unchunk,
+)
+from aiohttp_crossws_sse._parser import RETRY_MAX, EventStreamParser, ServerSentEvent
 
 # Any text that UTF-8 can carry (lone surrogates cannot be encoded at all).
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
@@ -26,7 +33,12 @@ def test_encode_then_parse_gives_the_event_back(
     data: str, event: str | None, id: str | None
 ) -> None:
     forbidden = re.compile(r"[\r\n\0]")
-    if (event is not None and forbidden.search(event)) or (id is not None and forbidden.search(id)):
+    # an id also comes back in a header: no control character but tab, and
+    # no leading or trailing space or tab (trimmed off a header's value)
+    forbidden_in_id = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
+    if (event is not None and forbidden.search(event)) or (
+        id is not None and forbidden_in_id.search(id)
+    ):
         with pytest.raises(ValueError, match=r"event|id"):
             encode_event(data, event=event, id=id)
         return
@@ -43,10 +55,44 @@ def test_retry(retry: int) -> None:
             encode_event("x", retry=retry)
         return
     parser = EventStreamParser()
+    # the parser clamps what no client could wait for (int64's maximum, in ms)
     assert parser.feed(unchunk(encode_event("x", retry=retry))) == [
-        ServerSentEvent(data="x", retry=retry)
+        ServerSentEvent(data="x", retry=min(retry, RETRY_MAX))
     ]
-    assert parser.retry == retry
+    assert parser.retry == min(retry, RETRY_MAX)
+
+
+# What aiohttp refuses in a header (RFC 9110 section 5.5): every C0 control
+# character but tab, and DEL.
+UNSENDABLE = [chr(c) for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)]
+
+
+@pytest.mark.parametrize("char", UNSENDABLE, ids=[f"U+{ord(c):04X}" for c in UNSENDABLE])
+def test_id_that_cannot_come_back_in_a_header_is_refused(char: str) -> None:
+    """An id must survive the trip back in ``Last-Event-ID``: one with a
+    control character would make every reconnection fail (aiohttp refuses
+    to send such a header, aiohttp's server answers 400)."""
+    value = f"a{char}b"
+    for encode in (
+        lambda: encode_event("x", id=value),
+        lambda: encode_text("x", id=value),
+        lambda: encode_published("x", event=None, id=value),  # history and relayed ids
+    ):
+        with pytest.raises(ValueError, match=r"^id must not contain .*Last-Event-ID.*'a\\"):
+            encode()
+
+
+@pytest.mark.parametrize("value", [" a", "a ", "\ta", "a\t", " "])
+def test_id_that_a_header_would_trim_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=r"^id must not start or end with a space or tab"):
+        encode_event("x", id=value)
+
+
+def test_ids_a_header_can_carry_are_accepted() -> None:
+    value = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t\u00e9\u20ac\U0001f600"
+    assert EventStreamParser().feed(unchunk(encode_event("x", id=value)))[0].id == value
+    # event names never travel in a header: only line breaks and NUL are refused
+    assert EventStreamParser().feed(unchunk(encode_event("x", event="a\x01b")))[0].event == "a\x01b"
 
 
 @given(text=texts)

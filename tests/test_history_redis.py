@@ -588,3 +588,29 @@ def node_main(config: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     node_main(json.loads(sys.argv[1]))
+
+
+async def test_missed_before_redis_lost_its_data_still_ends_the_streams(
+    own_redis_server: RedisServer, aiohttp_client: Any
+) -> None:
+    """A is cut off; B publishes (Redis takes it, A cannot get it); then Redis
+    restarts without persistence. A cannot prove it missed nothing: once back,
+    it ends its streams (1012) so that its clients resume (recovered False)."""
+    channel = f"lost-{uuid.uuid4()}"
+    async with LatencyProxy(own_redis_server.socket, 0.0) as proxy:
+        a = await Instance(proxy.url, channel, 10).serve(aiohttp_client)
+        b = await Instance(own_redis_server.url, channel, 10).serve(aiohttp_client)
+        reader = await a.stream("watcher")
+        await b.sse.publish("t", "before")
+        assert (await reader.next()).data == "before"
+        proxy.cut()
+        await wait_until(lambda: not a.sync._up, timeout=10)
+        await b.sse.publish("t", "missed")  # in Redis; A is cut off
+        own_redis_server.kill()
+        own_redis_server.start()  # no persistence: the history is gone
+        proxy.restore()
+        with pytest.raises(SSEClientError):  # the stream ends once A is back
+            await reader.next(timeout=30)
+        resumed = await a.stream("resumed", "x")  # any id of the lost history
+        assert await a.peers["resumed"].wait_recovered() is False
+        resumed.response.close()

@@ -1,27 +1,21 @@
-"""DESIGN.md's quick start, verbatim in the README ("The crossws example"), works as written."""
+"""DESIGN.md's quick start, verbatim in docs/migrating.md ("The crossws example"), works
+as written."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from aiohttp_crossws_sse.testing import EventReader, next_event, wait_for_event
-
-README = Path(__file__).resolve().parent.parent / "README.md"
+from tests.test_docs import doc_block
 
 
 def quick_start_app() -> web.Application:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## The crossws example") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code is not None
-    source = code.group(1)
+    source = doc_block("crossws-example")
     assert source.rstrip().endswith("web.run_app(app)")
     namespace: dict[str, Any] = {}
-    exec(compile(source.replace("web.run_app(app)", ""), "README.md", "exec"), namespace)
+    exec(compile(source.replace("web.run_app(app)", ""), "docs/migrating.md", "exec"), namespace)
     app: web.Application = namespace["app"]
     return app
 

@@ -398,3 +398,31 @@ async def test_after_an_outage_streams_resume_and_the_local_history_tells_the_ga
     event = await resumed.next()
     assert event.data == "after" and event.id.split("-")[0] != before.id.split("-")[0]
     resumed.response.close()
+
+
+async def test_a_resume_during_an_outage_is_not_recovered(
+    own_postgres_server: PostgresServer, aiohttp_client: Any
+) -> None:
+    """While the backplane is down, others' publishes may be missing from
+    this instance's own history: a resume then gives ``recovered`` False."""
+
+    def open_(peer: Peer) -> None:
+        peer.subscribe("t")
+
+    sse = sse_adapter(
+        define_hooks(open=open_),
+        history=100,
+        sync=PostgresSync(own_postgres_server.dsn, channel="partition", **FAST_OPTIONS),
+    )
+    app = web.Application()
+    sse.setup(app, "/sse")
+    client = await aiohttp_client(app)
+    first = await sse.publish("t", "before")
+    assert first is not None
+    own_postgres_server.stop("immediate")
+    await until(lambda: _true(not sse.options.sync.up), timeout=30, interval=0.05)
+    resumed = EventReader(await client.get("/sse", headers={"Last-Event-ID": first}))
+    await until(lambda: _true(bool(sse.peers)), timeout=10, interval=0.02)
+    assert await next(iter(sse.peers.values())).wait_recovered() is False
+    resumed.response.close()
+    own_postgres_server.start()

@@ -282,6 +282,26 @@ async def test_wait_for_event_skips_until_match(sse_client: SSEClientFactory) ->
     )
 
 
+async def test_helpers_count_every_event_when_the_client_keeps_a_few(
+    sse_client: SSEClientFactory,
+) -> None:
+    # keep bounds what the client holds (memory on an endless stream); the
+    # helpers' messages still count every event seen.
+    def open_(peer: Peer) -> None:
+        for n in range(7):
+            peer.send(str(n))
+
+    client = await sse_client(sse_adapter(define_hooks(open=open_)), keep=2)
+    await wait_for_event(client, data="6")
+    assert ([e.data for e in client.events], client.events_seen) == (["5", "6"], 7)
+    with pytest.raises(TimeoutError) as failed:
+        await next_event(client, timeout=0.2)
+    assert str(failed.value) == (
+        f"no event within 0.2s from {client.url}; "
+        "7 events seen, the last 2: 'message' '5'; 'message' '6'"
+    )
+
+
 # -- assert_no_event -------------------------------------------------------------------------
 
 

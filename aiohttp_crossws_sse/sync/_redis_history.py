@@ -204,8 +204,10 @@ class StreamHistory:
         published from now on is delivered here)."""
         epoch, seq = await client.mget(list(self._keys[:2]))
         live_epoch, live_seq = self.live
-        # No epoch: nothing was published since Redis lost its data (or ever).
-        self._outage_missed = 0
+        # No epoch: Redis lost its data (or never had any). Nothing was
+        # published since, but what this instance missed before the loss
+        # cannot be told: "maybe" (None), unless it never saw an epoch.
+        self._outage_missed = None if live_epoch is not None else 0
         if epoch is not None:
             seq_n = int(seq or 0)
             if _text(epoch) == live_epoch:

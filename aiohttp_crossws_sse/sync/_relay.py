@@ -255,6 +255,10 @@ class RelaySync(Sync):
         return f"{self._own}{self._seq}\n"
 
     @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
     def echoed(self) -> bool:
         """Whether this instance's own envelopes are delivered when they come
         back (``ordered``; see ``heard_own``) rather than dropped."""

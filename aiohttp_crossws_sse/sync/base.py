@@ -11,7 +11,9 @@ from .._publication import Publication
 __all__ = ["Relayed", "Sync", "SyncLink"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs three times as much, and
+# one is made per publish on the publisher and on every receiving instance.
+@dataclass(slots=True)
 class Relayed:
     """One publish as it travels between instances: text, not an encoded frame.
 
@@ -79,6 +81,12 @@ class Sync(ABC):
     #: in the backplane's one order: the adapter delivers a publish only
     #: then, so every instance delivers a topic's events in the same order.
     ordered: bool = False
+
+    @property
+    def up(self) -> bool:
+        """Whether the others' publishes reach this instance now (a backend
+        that can lose its connection says ``False`` while it is lost)."""
+        return True
 
     @abstractmethod
     async def start(self, link: SyncLink) -> None:

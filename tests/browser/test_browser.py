@@ -296,3 +296,82 @@ async def test_closing_the_page_runs_the_close_hook(
     assert details.reason == "connection lost"
     assert not sse.peers
     assert errors == []
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+REFUSAL_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>refusals</title>
+<script>
+  // window.watch(name): one EventSource, and what it saw: its events, its
+  // opens, and its readyState at each error (0: it will retry; 2: it gave up).
+  window.sources = {};
+  window.watch = (name) => {
+    const seen = { received: [], opens: 0, errorStates: [] };
+    const source = new EventSource("/sse?name=" + name);
+    source.onopen = () => { seen.opens += 1; };
+    source.onerror = () => { seen.errorStates.push(source.readyState); };
+    source.onmessage = (e) => seen.received.push(e.data);
+    window.sources[name] = { source, seen };
+  };
+</script>
+"""
+
+
+async def test_event_source_refused_at_max_peers_keeps_retrying(
+    run_app_server: StartServer, browser: Browser
+) -> None:
+    """``refusal="retry"``: a stream refused at ``max_peers`` is a 200 event
+    stream that only says ``retry:``. Chromium's EventSource reconnects after
+    it (``readyState`` 0 at each error, never 2), again and again, and gets in
+    once a slot frees. (With the default 503 it would give up at once.)"""
+    opened: list[str] = []
+
+    def open_(peer: Peer) -> None:
+        name = peer.request.query["name"]
+        opened.append(name)
+        peer.send(f"welcome {name}")
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=REFUSAL_PAGE, content_type="text/html")
+
+    sse = sse_adapter(define_hooks(open=open_), max_peers=1, refusal="retry", retry_after=1)
+    app = web.Application()
+    app.router.add_get("/", index)
+    sse.setup(app, "/sse")
+    server = await run_app_server(app)
+    errors: list[str] = []
+    page = await new_page(browser, errors)
+    await page.goto(server.url + "/")
+
+    async def seen(name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await page.evaluate(f"window.sources.{name}.seen")
+        return result
+
+    await page.evaluate("window.watch('a')")
+    await page.wait_for_function(
+        "() => window.sources.a.seen.received.length === 1", timeout=WAIT_MS
+    )
+    await page.evaluate("window.watch('b')")
+    await page.wait_for_function(  # refused three times, one second apart
+        "() => window.sources.b.seen.errorStates.length >= 3", timeout=WAIT_MS
+    )
+    b = await seen("b")
+    assert set(b["errorStates"]) == {0}, b  # CONNECTING: it retries, never CLOSED
+    assert b["opens"] >= 3 and b["received"] == [], b  # each refusal opened, with no event
+    assert opened == ["a"]
+    assert sse.stats()["peers_rejected"] >= 3
+
+    await page.evaluate("window.sources.a.source.close()")
+    await page.wait_for_function(
+        "() => window.sources.b.seen.received.length === 1", timeout=WAIT_MS
+    )
+    b = await seen("b")
+    assert b["received"] == ["welcome b"]
+    assert 2 not in b["errorStates"], b
+    assert await page.evaluate("window.sources.b.source.readyState") == 1
+    assert opened == ["a", "b"]
+    await page.close()
+    await wait_until(lambda: not sse.peers, timeout=10, what="every stream closed")
+    assert errors == []
