@@ -294,6 +294,8 @@ class Node:
                     self._replied(reply, None)
         finally:
             watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog  # no task outlives the node
 
     async def _watch(self, conn: Any) -> None:
         """After ``heartbeat`` seconds of silence, a PING; no answer within as

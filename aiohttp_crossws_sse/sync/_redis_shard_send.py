@@ -12,7 +12,6 @@ instance does not follow sends no echo back: delivered here at once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -74,7 +73,7 @@ class ShardOwner(Protocol):
 class _Group:
     """One topic's publishes of a batch, on their way."""
 
-    __slots__ = ("count", "echoed", "messages", "receipt", "sizes", "topic")
+    __slots__ = ("count", "echoed", "messages", "receipt", "settled", "sizes", "topic")
 
     def __init__(self, topic: str, messages: list[Relayed], receipt: Receipt) -> None:
         self.topic = topic
@@ -83,6 +82,7 @@ class _Group:
         self.echoed = False  # its echoes are awaited (ordered)
         self.count = 0  # commands it takes in its node's pipeline
         self.sizes: list[int] = []  # with history: the publishes of each script call
+        self.settled = False  # its receipt was settled or failed by the sender
 
 
 class ShardSender:
@@ -145,7 +145,11 @@ class ShardSender:
             group = _Group(topic, messages, entry[0] if entry is not None else Receipt())
             plan.setdefault(node_of(topic), []).append(group)
         self._unresolved = [g for groups in plan.values() for g in groups]
-        await asyncio.gather(*(self._send(node, groups) for node, groups in plan.items()))
+        if len(plan) == 1:  # one Redis (or one node's topics): no gather
+            [(node, groups)] = plan.items()
+            await self._send(node, groups)
+        else:
+            await asyncio.gather(*(self._send(node, groups) for node, groups in plan.items()))
 
     async def _send(self, node: Node | None, groups: list[_Group]) -> None:
         if node is None:
@@ -211,8 +215,7 @@ class ShardSender:
             group.receipt.settle()
 
     def _resolve(self, group: _Group) -> None:
-        with contextlib.suppress(ValueError):  # settled before
-            self._unresolved.remove(group)
+        group.settled = True  # (batch_failed leaves it alone)
 
     def _failed(self, node: Node | None, groups: list[_Group], cause: BaseException | None) -> None:
         """``groups`` were not relayed: reported (in ``node``'s outage while it
@@ -243,6 +246,8 @@ class ShardSender:
         owner = self.owner
         groups, self._unresolved = self._unresolved, []
         for group in groups:
+            if group.settled:
+                continue
             if exc is not None:
                 owner._lost(len(group.messages), exc)
             cause = exc if exc is not None else ConnectionError("the backplane was closed")

@@ -279,7 +279,7 @@ class Topology:
         assert self._template is not None
         cls, kwargs = self._template
         settings = {k: v for k, v in kwargs.items() if k not in _NOT_CONNECTION}
-        settings.update(host=host, port=port, retry=no_retry())
+        settings.update(host=host, port=port, retry=no_retry(), decode_responses=False)
         return Redis(connection_pool=ConnectionPool(connection_class=cls, **settings))
 
     def _listening(self, host: str, port: int) -> Callable[[], Any]:
