@@ -51,6 +51,8 @@ DESCRIPTIONS: dict[str, str] = {
     "slow_consumers": "Peers closed for holding more than max_buffer (slow_consumer='close').",
     "send_timeouts": "Peers aborted because their writes stayed blocked for send_timeout.",
     "messages_received": "Client messages (bidir POSTs) handed to the message hooks.",
+    "relayed_out": "Publishes this instance handed to the sync backplane (not refused).",
+    "relayed_in": "Publishes of other instances this instance received from the sync backplane.",
 }
 
 LABELS = ("adapter",)

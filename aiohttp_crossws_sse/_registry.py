@@ -13,7 +13,7 @@ from ._history import History, ReplaySource
 from ._publication import DONE, Publication, Receipt
 from ._stats import Stats
 from ._write import Fanout, Scheduler
-from .sync.base import Relayed
+from .sync.base import Relayed, Sync
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -38,19 +38,25 @@ class Member(Protocol):
 
 
 class Namespace:
-    """Peers that can see each other, and their topics."""
+    """Peers that can see each other, and their topics.
 
-    __slots__ = ("connections", "name", "topics")
+    ``interest``: told when a topic gains its first subscriber here and
+    loses its last (``Sync.interest``; ``None`` when the backplane ignores it)."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("connections", "interest", "name", "topics")
+
+    def __init__(self, name: str, interest: Callable[[str, bool], None] | None = None) -> None:
         self.name = name
         self.connections: dict[str, Member] = {}
         self.topics: dict[str, Fanout] = {}
+        self.interest = interest
 
     def join(self, topic: str, outbox: Outbox) -> None:
         entry = self.topics.get(topic)
         if entry is None:
             entry = self.topics[topic] = Fanout()
+            if self.interest is not None:
+                self.interest(topic, True)
         entry.add(outbox)
 
     def leave(self, topic: str, outbox: Outbox) -> None:
@@ -60,6 +66,8 @@ class Namespace:
         entry.discard(outbox)
         if not len(entry):
             del self.topics[topic]  # no dead topics after churn
+            if self.interest is not None:
+                self.interest(topic, False)
 
 
 M = TypeVar("M", bound=Member)
@@ -94,6 +102,12 @@ class Registry(Generic[M]):
         #: backplane: it assigns the ids (``use_backplane_ids``) or is
         #: ``ordered`` (``Sync.ordered``).
         self.backplane_delivers = False
+        sync = options.sync
+        #: The backplane's ``interest``, when it implements one (it then
+        #: follows only the topics that have a local subscriber).
+        self._interest: Callable[[str, bool], None] | None = (
+            sync.interest if sync is not None and type(sync).interest is not Sync.interest else None
+        )
         self._keepalive_handle: asyncio.TimerHandle | None = None
 
     # -- membership ---------------------------------------------------------
@@ -102,7 +116,7 @@ class Registry(Generic[M]):
         """Register an open peer; returns its namespace."""
         ns = self.namespaces.get(namespace)
         if ns is None:
-            ns = self.namespaces[namespace] = Namespace(namespace)
+            ns = self.namespaces[namespace] = Namespace(namespace, self._interest)
         self.connections[conn.peer.id] = conn
         ns.connections[conn.peer.id] = conn
         self.stats.peers_opened += 1
@@ -186,10 +200,12 @@ class Registry(Generic[M]):
                 sender=sender.peer.id if sender is not None else None,
             )
             try:
-                return sync.publish(message)  # type: ignore[no-any-return]
+                taken: Publication = sync.publish(message)
             except Exception as exc:  # local peers are still served (no id)
                 self.deliver_relayed(message)
                 return self._not_relayed(sync, sender, exc)
+            self._count_relayed(taken)
+            return taken
         history = self.history
         event_id = None
         if history is None:
@@ -208,9 +224,17 @@ class Registry(Generic[M]):
             )
         except Exception as exc:  # a backplane must not break a handler
             return self._not_relayed(sync, sender, exc)
+        self._count_relayed(relayed)
         if event_id is None:
             return relayed
         return Publication(relayed.receipt, relayed.index, event_id)
+
+    def _count_relayed(self, publication: Publication) -> None:
+        """``stats()["relayed_out"]``: a publish the backplane took (one it
+        refused at once, unreachable or over ``max_pending``, is not counted)."""
+        receipt = publication.receipt
+        if receipt is None or receipt.error is None:
+            self.stats.relayed_out += 1
 
     def _not_relayed(self, sync: Any, sender: M | None, exc: Exception) -> Publication:
         """The backplane refused a publish: reported, and raised by an await."""
@@ -223,6 +247,8 @@ class Registry(Generic[M]):
     def deliver_relayed(self, message: Relayed) -> str | None:
         """A publish that came from the backplane: local subscribers only,
         never relayed. Returns its id (``None`` without history)."""
+        if message.remote:
+            self.stats.relayed_in += 1
         history = self.history
         event_id = message.id
         if history is not None and event_id is None:

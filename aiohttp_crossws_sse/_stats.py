@@ -20,6 +20,8 @@ class Stats:
     slow_consumers: int = 0  # peers closed by the "close" policy
     send_timeouts: int = 0  # peers aborted after send_timeout of blocked writes
     messages_received: int = 0  # bidirectional messages handed to hooks
+    relayed_out: int = 0  # publishes handed to the backplane (taken, not refused)
+    relayed_in: int = 0  # publishes of other instances the backplane brought here
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

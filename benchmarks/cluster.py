@@ -40,15 +40,37 @@ anywhere in the cluster) and of Redis; for Redis once more with
 gives Redis's cost per member per event. A baseline row publishes the same
 way on one instance without a backplane (the publish loop's own cost).
 
+With ``--sharded``, instead: channels per topic against one channel. 4
+instances (``--instances``) and 1,000 topics (``--topics``); each instance has
+one stream following a quarter of them (topic j on instance j % 4). Publishes
+are spread over all the topics, one per loop iteration, ``--shard-rate``
+events/s from each of ``--publishers`` more instances of the cluster (publish
+i of publisher k on topic (k + i) % 1000): so that the four instances' CPU is
+what the cluster's publishes cost them (receiving, deciding, delivering to
+their stream), not their own publish loop. Three setups, in interleaved
+rounds, with fresh processes: ``RedisSync`` with one channel on one Redis,
+``sharded=True`` on the same Redis, and ``sharded=True`` on a Redis Cluster of
+3 primaries (``redis-server --cluster-enabled yes``, joined with ``redis-cli
+--cluster create``). Figures: each instance's CPU per event published in the
+cluster (receiving, deciding, delivering to its stream), the publishers' CPU
+per event they published, and the Redis servers' CPU per event (the cluster:
+summed over its primaries); ratios per round (the rounds are interleaved, so
+a round's setups met the same load on a shared machine), then the median. A
+run is valid only if every stream got every event of its topics exactly once,
+in each publisher's order. The goal: each instance at most 0.35x its CPU with
+one channel.
+
 Examples:
   python benchmarks/cluster.py                       # Redis and Postgres, ~1 min
   python benchmarks/cluster.py --backends redis --rounds 3
+  python benchmarks/cluster.py --sharded --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -71,6 +93,8 @@ from _harness import (
     cpu_seconds,
     cpus,
     exit_on_sigterm,
+    free_port,
+    http_get,
     median,
     pinned,
     pinning,
@@ -484,6 +508,289 @@ async def listen_main(url: str, count: int) -> None:
         writer.close()
 
 
+# -- --sharded: channels per topic against one channel ------------------------------------
+
+SHARD_GOAL = 0.35
+
+
+class RedisCluster:
+    """A Redis Cluster of ``size`` primaries on loopback ports, no persistence."""
+
+    label = "Redis Cluster"
+
+    def __init__(self, cpu: int | None, size: int = 3) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are needed (apt-get install redis)")
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-cluster-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        ports = [free_port() for _ in range(2 * size)]
+        for i in range(size):
+            node_dir = os.path.join(self.dir, str(i))
+            os.mkdir(node_dir)
+            cmd = [binary, "--port", str(ports[i]), "--cluster-port", str(ports[size + i]),
+                   "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--save", "",
+                   "--appendonly", "no", "--dir", node_dir]  # fmt: skip
+            quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+            self.procs.append(subprocess.Popen(pinned(cpu, cmd), **quiet))
+        nodes = [f"127.0.0.1:{port}" for port in ports[:size]]
+        self.url = f"redis://{nodes[0]}"
+        deadline = time.monotonic() + 30
+        while True:  # every node answers, then the cluster is made and ok
+            done = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+            )
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        while b"cluster_state:ok" not in subprocess.run(
+            [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True
+        ).stdout or any(
+            b"cluster_state:ok"
+            not in subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"], capture_output=True
+            ).stdout
+            for port in ports[1:size]
+        ):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the Redis Cluster did not become ok: {done.stdout!r}")
+            time.sleep(0.05)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_pid(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class ShardRun:
+    setup: str
+    round: int
+    ok: bool = False
+    problems: list[str] = field(default_factory=list)
+    cpu_us_each: list[float] = field(default_factory=list)  # per event published anywhere
+    publisher_us: float = 0.0  # the publishers', per event they published
+    redis_us: float | None = None
+    relayed_in: list[int] = field(default_factory=list)
+
+
+def shard_run(setup: str, rnd: int, backplane: Redis | RedisCluster, args: Any) -> ShardRun:
+    run = ShardRun(setup, rnd)
+    k, topics = args.instances, args.topics
+    n = int(args.shard_rate * args.shard_seconds)  # events each publisher publishes
+    server_cpu, client_cpus = pinning(not args.no_pin)
+    env = {"SYNC": "redis", "SYNC_URL": backplane.url, "CHANNEL": f"bench{rnd}",
+           "SHARDED": "1" if setup != "one channel" else "0",
+           "UVLOOP": os.environ.get("UVLOOP", "1")}  # fmt: skip
+    servers: list[Server] = []
+    publishers: list[Server] = []
+    checker: subprocess.Popen[str] | None = None
+    try:
+        for _ in range(k):
+            servers.append(Server("cluster-node", server_cpu, env))
+        for _ in range(args.publishers):
+            publishers.append(Server("cluster-node", client_cpus[0], env))
+        ports = ",".join(str(srv.port) for srv in servers)
+        cmd = [sys.executable, __file__, "--shard-check", ports, "--topics", str(topics),
+               "--shard-events", str(n), "--publishers", str(args.publishers)]  # fmt: skip
+        checker = subprocess.Popen(
+            pinned(client_cpus[0], cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        if read_json(checker, 30).get("event") != "ready":
+            run.problems.append("the checking streams did not get ready")
+            return run
+        time.sleep(1.0)  # every instance's subscriptions are in place by now (the check says)
+        before = [json.loads(http_get(srv.port, "/stats")[1]) for srv in servers]
+        s0 = [cpu_seconds(srv.pid) for srv in servers]
+        p0 = sum(cpu_seconds(srv.pid) for srv in publishers)
+        b0 = backplane.cpu()
+        query = f"/publish?n={n}&size={args.size}&rate={args.shard_rate}&topics={topics}"
+        triggers = [
+            Trigger(srv.port, f"{query}&offset={i}", args.shard_seconds + 60)
+            for i, srv in enumerate(publishers)
+        ]
+        for trigger in triggers:
+            trigger.start()
+        for trigger in triggers:
+            trigger.join(args.shard_seconds + 70)
+        assert checker.stdin is not None
+        checker.stdin.write("report\n")
+        checker.stdin.flush()
+        report = read_json(checker, args.timeout)
+        s1 = [cpu_seconds(srv.pid) for srv in servers]
+        p1 = sum(cpu_seconds(srv.pid) for srv in publishers)
+        b1 = backplane.cpu()
+        after = [json.loads(http_get(srv.port, "/stats")[1]) for srv in servers]
+        run.problems += [f"/publish answered {t.status}" for t in triggers if t.status != 200]
+        run.problems += report.get("problems", ["the checker did not report"])
+        published = args.publishers * n
+        run.cpu_us_each = [(y - x) * 1e6 / published for x, y in zip(s0, s1, strict=True)]
+        run.publisher_us = (p1 - p0) * 1e6 / published
+        run.redis_us = (b1 - b0) * 1e6 / published
+        run.relayed_in = [
+            a["relayed_in"] - b["relayed_in"] for a, b in zip(after, before, strict=True)
+        ]
+        run.ok = not run.problems
+        return run
+    finally:
+        if checker is not None:
+            stop_pid(checker)
+            for stream in (checker.stdin, checker.stdout):
+                if stream is not None:
+                    stream.close()
+        for srv in servers + publishers:
+            srv.stop()
+
+
+async def shard_check_main(ports: list[int], topics: int, n: int, publishers: int) -> None:
+    """One stream per instance, following its share of the topics; checks that
+    each gets every event of its topics once, in each publisher's order."""
+    import aiohttp
+
+    k = len(ports)
+    expected = [0] * k
+    for publisher in range(publishers):
+        for i in range(n):
+            expected[(publisher + i) % topics % k] += 1
+    got = [0] * k
+    last: list[dict[tuple[int, int], int]] = [{} for _ in range(k)]
+    problems: list[str] = []
+    welcomed = 0
+    ready, complete = asyncio.Event(), asyncio.Event()
+
+    async def stream(session: aiohttp.ClientSession, index: int) -> None:
+        nonlocal welcomed
+        url = f"http://127.0.0.1:{ports[index]}/sse?topics={index}:{k}:{topics}"
+        async with session.get(url) as response:
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:].rstrip(b"\r\n")
+                if data == b"welcome":
+                    welcomed += 1
+                    if welcomed == k:
+                        ready.set()
+                    continue
+                publisher, i = (int(x) for x in data.split(b":", 2)[:2])
+                topic = (publisher + i) % topics
+                if topic % k != index:
+                    problems.append(f"instance {index} got topic t{topic}, not its own")
+                key = (publisher, topic)
+                if last[index].get(key, -1) >= i:
+                    problems.append(f"instance {index}: t{topic} out of order or twice")
+                last[index][key] = i
+                got[index] += 1
+                if got == expected:
+                    complete.set()
+
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        tasks = [asyncio.ensure_future(stream(session, i)) for i in range(k)]
+        await asyncio.wait_for(ready.wait(), 30)
+        print(json.dumps({"event": "ready"}), flush=True)
+        await stdin.readline()  # "report": every publish was made
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(complete.wait(), 30)
+        await asyncio.sleep(0.3)  # (a duplicate would show now)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if got != expected:
+        problems.append(f"events received per instance {got}, expected {expected}")
+    print(json.dumps({"event": "report", "problems": sorted(set(problems))[:5]}), flush=True)
+
+
+def sharded_main(args: Any) -> None:
+    server_cpu, client_cpus = pinning(not args.no_pin)
+    n = int(args.shard_rate * args.shard_seconds)
+    print(f"# Sharded benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+    where = (
+        f"instances on CPU {server_cpu}; checking streams and Redis on CPU "
+        + ",".join(map(str, client_cpus))
+        if server_cpu is not None
+        else "not pinned"
+    )
+    print(f"{platform.node()}: {len(cpus())} CPUs, Linux {platform.release()}; {where}")
+    print(versions())
+    print(
+        f"{args.instances} instances, {args.topics:,} topics (each instance's stream follows "
+        f"{args.topics // args.instances}); {args.publishers} more instance(s) publishing "
+        f"{args.shard_rate:g} events/s each, one per loop iteration, for "
+        f"{args.shard_seconds:g} s ({n:,} each), spread over every topic; {args.rounds} "
+        "interleaved rounds, fresh processes per run\n",
+        flush=True,
+    )
+    runs: list[ShardRun] = []
+    redis = Redis(client_cpus[0])
+    cluster = RedisCluster(client_cpus[0])
+    setups: list[tuple[str, Redis | RedisCluster]] = [
+        ("one channel", redis), ("sharded", redis), ("sharded, Redis Cluster", cluster)
+    ]  # fmt: skip
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for setup, backplane in setups:
+                run = shard_run(setup, rnd, backplane, args)
+                runs.append(run)
+                note = (
+                    " / ".join(f"{x:.1f}" for x in run.cpu_us_each)
+                    + f" us CPU per event; publisher {run.publisher_us:.1f}; Redis "
+                    f"{run.redis_us:.1f}; relayed in {run.relayed_in}"
+                    if run.ok
+                    else "INVALID: " + "; ".join(run.problems)
+                )
+                print(f"[round {rnd}] {setup}: {note}", file=sys.stderr, flush=True)
+    finally:
+        redis.stop()
+        cluster.stop()
+    # Per round (the rounds are interleaved: each round's setups met the same noise)
+    total = {(r.setup, r.round): median(r.cpu_us_each) for r in runs if r.ok}
+    one = "one channel"
+    head = ["setup", "each instance, CPU us per event published (median, min-max)",
+            "x one channel", "publishers, us per event", "Redis servers, us per event",
+            "relayed in, per instance", "valid"]  # fmt: skip
+    rows = []
+    invalid = []
+    for setup, _ in setups:
+        mine = [r for r in runs if r.setup == setup]
+        good = [r for r in mine if r.ok]
+        invalid += [f"{setup} round {r.round}: " + "; ".join(r.problems) for r in mine if not r.ok]
+        if not good:
+            rows.append([setup, *["-"] * 5, f"0/{len(mine)} INVALID"])
+            continue
+        each = [x for r in good for x in r.cpu_us_each]
+        rounds = [r.round for r in good]
+        ratio = [total[setup, n] / total[one, n] for n in rounds if (one, n) in total]
+        redis_us = [r.redis_us for r in good if r.redis_us is not None]
+        rows.append(
+            [
+                setup,
+                f"{median([total[setup, n] for n in rounds]):.1f} "
+                f"({min(each):.1f}-{max(each):.1f})",
+                f"{median(ratio):.2f}x" if ratio else "-",
+                f"{median([r.publisher_us for r in good]):.1f}",
+                f"{median(redis_us):.1f}" if redis_us else "-",
+                f"{median([median([float(x) for x in r.relayed_in]) for r in good]):,.0f}",
+                f"{len(good)}/{len(mine)}",
+            ]
+        )
+    print(table(head, rows))
+    print(f"\nGoal: each instance's CPU at most {SHARD_GOAL}x its CPU with one channel; "
+          "every event delivered once (checked). Ratios are per round (each round's "
+          "setups met the same load), then the median; a shared machine is noisy.")  # fmt: skip
+    if invalid:
+        print("\nInvalid runs:")
+        for line in invalid:
+            print("  " + line)
+        sys.exit(1)
+
+
 def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
@@ -647,6 +954,20 @@ def main() -> None:
         default=30,
         help="extra passive Redis subscribers for the relay cost (0: none; default 30)",
     )
+    ap.add_argument(
+        "--sharded",
+        action="store_true",
+        help="channels per topic against one channel (see above) instead of the rest",
+    )
+    ap.add_argument("--instances", type=int, default=4, help="--sharded: instances (4)")
+    ap.add_argument("--topics", type=int, default=1000, help="--sharded: topics (1,000)")
+    ap.add_argument(
+        "--shard-rate", type=float, default=500, help="--sharded: events/s each instance publishes"
+    )
+    ap.add_argument("--shard-seconds", type=float, default=4.0, help="--sharded: length")
+    ap.add_argument("--publishers", type=int, default=1, help="--sharded: publishing instances (1)")
+    ap.add_argument("--shard-check", help=argparse.SUPPRESS)  # internal: the checking streams
+    ap.add_argument("--shard-events", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: run as the latency probe
     ap.add_argument("--listen", help=argparse.SUPPRESS)  # internal: the passive subscribers
     args = ap.parse_args()
@@ -656,7 +977,15 @@ def main() -> None:
     if args.listen:
         asyncio.run(listen_main(args.listen, args.passive))
         return
+    if args.shard_check:
+        ports = [int(p) for p in args.shard_check.split(",")]
+        asyncio.run(shard_check_main(ports, args.topics, args.shard_events, args.publishers))
+        return
     exit_on_sigterm()
+    if args.sharded:
+        raise_nofile(1000)
+        sharded_main(args)
+        return
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
         if b not in ("redis", "postgres"):

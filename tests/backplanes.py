@@ -158,6 +158,180 @@ def own_redis_server_fixture() -> Iterator[RedisServer]:
         yield server
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``size`` primaries (no replicas): Debian's
+    ``redis-server --cluster-enabled yes`` on loopback ports, each in a
+    directory of its own (its ``nodes.conf`` survives a kill, so that a
+    restarted node rejoins with its slots), no persistence, joined with
+    ``redis-cli --cluster create``. A node may be killed and started again;
+    the others keep serving their slots (``cluster-require-full-coverage no``).
+    """
+
+    def __init__(self, binary: str, cli: str, size: int = 3) -> None:
+        self.binary = binary
+        self.cli = cli
+        self.dir = tempfile.mkdtemp(prefix="crossws-redis-cluster-")
+        self.ports = [free_port() for _ in range(size)]
+        self.bus_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self.logs = [open(os.path.join(self.dir, f"node{i}.log"), "w+b") for i in range(size)]  # noqa: SIM115
+        #: any node: RedisSync reads the cluster's map from it
+        self.url = f"redis://127.0.0.1:{self.ports[0]}"
+        self.urls = [f"redis://127.0.0.1:{port}" for port in self.ports]
+
+    def start_node(self, i: int) -> None:
+        node_dir = os.path.join(self.dir, f"node{i}")
+        os.makedirs(node_dir, exist_ok=True)
+        cmd = [
+            self.binary,
+            "--port", str(self.ports[i]),
+            "--cluster-port", str(self.bus_ports[i]),
+            "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "1000",
+            "--cluster-require-full-coverage", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", node_dir,
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self.procs[i] = subprocess.Popen(cmd, stdout=self.logs[i], stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while self.command(i, "PING") != "PONG":
+            proc = self.procs[i]
+            if proc is None or proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {_read_tail(self.logs[i])}")
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        for i in range(len(self.ports)):
+            self.start_node(i)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        result = subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+        if result.returncode:
+            raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout.decode()}")
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every node says the cluster is ok and knows every other."""
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = [self.command(i, "CLUSTER", "INFO") for i in range(len(self.ports))]
+            if all(
+                "cluster_state:ok" in info
+                and f"cluster_known_nodes:{len(self.ports)}" in info
+                and "cluster_slots_ok:16384" in info
+                for info in infos
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not become ok: {infos}")
+            time.sleep(0.05)
+
+    def command(self, i: int, *args: str) -> str:
+        """``redis-cli`` against node ``i``: its answer (empty when it is down)."""
+        result = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(self.ports[i]), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        return result.stdout.decode().strip()
+
+    def node_of(self, key: str) -> int:
+        """The index of the node that serves ``key``'s slot."""
+        slot = int(self.command(0, "CLUSTER", "KEYSLOT", key))
+        for i in range(len(self.ports)):
+            for line in self.command(i, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and any(
+                    ("-" in r and int(r.split("-")[0]) <= slot <= int(r.split("-")[1]))
+                    or (r.isdigit() and int(r) == slot)
+                    for r in fields[8:]
+                ):
+                    return i
+        raise LookupError(f"no node serves slot {slot}")
+
+    def move_slot(self, key: str, to: int) -> None:
+        """Move ``key``'s (empty) slot to node ``to``, as resharding does:
+        the old owner unsubscribes its shard channels and answers MOVED."""
+        slot = self.command(0, "CLUSTER", "KEYSLOT", key)
+        source = self.node_of(key)
+        ids = [self.command(i, "CLUSTER", "MYID") for i in range(len(self.ports))]
+        self.command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+        for i in (source, to, *(j for j in range(len(self.ports)) if j not in (source, to))):
+            self.command(i, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        deadline = time.monotonic() + 30
+        while self.node_of(key) != to:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slot {slot} did not move to node {to}")
+            time.sleep(0.05)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i``, by PID: the way a crash looks to clients."""
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    def stop(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.kill(i)
+        for log in self.logs:
+            log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_cli_binary() -> str:
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        missing("redis-cli (package redis-tools)")
+    assert binary is not None
+    return binary
+
+
+@contextlib.contextmanager
+def running_redis_cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(redis_binary(), redis_cli_binary())
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session", name="redis_cluster")
+def redis_cluster_fixture() -> Iterator[RedisClusterServers]:
+    with running_redis_cluster() as servers:
+        yield servers
+
+
+@pytest.fixture(name="own_redis_cluster")
+def own_redis_cluster_fixture() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test alone (for tests that kill a node)."""
+    with running_redis_cluster() as servers:
+        yield servers
+
+
 class LatencyProxy:
     """A TCP proxy on 127.0.0.1 in front of a unix socket (a Redis "``delay``
     seconds away"): every chunk is forwarded ``delay`` seconds after it was
@@ -425,9 +599,22 @@ class Node:
 
     # -- over HTTP -----------------------------------------------------------------
 
-    def stream(self, session: aiohttp.ClientSession, topics: str = "chat", ns: str = "") -> Any:
+    def stream(self, session: aiohttp.ClientSession, topics: str = "chat", ns: str = "",
+               last_id: str | None = None, recovered: bool = False) -> Any:  # fmt: skip
+        """A stream subscribed to ``topics``; with ``last_id``, resuming from it
+        (``recovered``: the node then sends ``peer.recovered`` as an event
+        ``recovered`` once the replay is done)."""
         query = f"?topics={topics}" + (f"&ns={ns}" if ns else "")
-        return connect(self.url + "/sse" + query, session=session, timeout=10)
+        query += "&recovered=1" if recovered else ""
+        return connect(
+            self.url + "/sse" + query, session=session, timeout=10, last_event_id=last_id
+        )
+
+    async def stats(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        """The node's ``sse.stats()``."""
+        async with session.get(self.url + "/stats") as response:
+            result: dict[str, int] = await response.json()
+            return result
 
     async def publish(self, session: aiohttp.ClientSession, topic: str, data: str = "",
                       **params: Any) -> None:  # fmt: skip

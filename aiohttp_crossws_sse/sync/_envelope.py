@@ -148,7 +148,7 @@ def publishes(flat: list[Any]) -> Iterator[Relayed | None]:
         ):
             yield None
         else:
-            yield Relayed(topic, data, event, namespace)
+            yield Relayed(topic, data, event, namespace, remote=True)
 
 
 def unpack_ids(body: str) -> tuple[str, int, list[Any]]:
@@ -164,11 +164,11 @@ def unpack_ids(body: str) -> tuple[str, int, list[Any]]:
 
 
 def publishes_with_ids(
-    epoch: str, first: int, flat: list[Any]
+    epoch: str, first: int, flat: list[Any], remote: bool = True
 ) -> Iterator[tuple[int, Relayed | None]]:
     """``(seq, publish)`` of an ``unpack_ids``-ed array, in order, each
     publish with its event id: ``None`` for each malformed one (it still
-    takes its seq)."""
+    takes its seq). ``remote``: published by another instance."""
     items = iter(flat)
     seq = first
     for topic, namespace, event, data, sender in zip(
@@ -183,5 +183,5 @@ def publishes_with_ids(
         ):
             yield seq, None
         else:
-            yield seq, Relayed(topic, data, event, namespace, format_id(epoch, seq), sender)
+            yield seq, Relayed(topic, data, event, namespace, format_id(epoch, seq), sender, remote)
         seq += 1

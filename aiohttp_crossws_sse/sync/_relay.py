@@ -78,6 +78,10 @@ class RelaySync(Sync):
     kind = "backplane"
     #: Largest body of one envelope, in bytes (a single bigger message goes alone).
     max_body = 1 << 19
+    #: Whether this instance hears every envelope of the others, so that a
+    #: gap in a sender's sequence numbers is a loss (reported). Not so when
+    #: it subscribes to some channels only (``RedisSync(sharded=True)``).
+    tracks_gaps = True
 
     def __init__(
         self,
@@ -277,9 +281,10 @@ class RelaySync(Sync):
         back (``ordered``; see ``heard_own``) rather than dropped."""
         return self._echoes.active
 
-    def heard_own(self, seq: int) -> None:
-        """This instance's own envelope ``seq`` came back (``echoed``)."""
-        self._echoes.heard(seq)
+    def heard_own(self, seq: int, lane: str | None = None) -> None:
+        """This instance's own envelope ``seq`` came back (``echoed``), on
+        ``lane`` (see ``_echo.py``)."""
+        self._echoes.heard(seq, lane)
 
     def accept(self, envelope: str) -> str | None:
         """The body of a received envelope, or ``None`` for this instance's own
@@ -297,6 +302,8 @@ class RelaySync(Sync):
             self._malformed(envelope, None)
             return None
         sender, seq, body = header
+        if not self.tracks_gaps:
+            return body
         last = self._seqs.get(sender)
         if last is None and len(self._seqs) >= MAX_SENDERS:
             self._seqs.clear()
@@ -358,20 +365,10 @@ class RelaySync(Sync):
                         async with asyncio.timeout(self.send_timeout):
                             await self._send_batch(batch, data_bytes, receipt)
                     except asyncio.CancelledError:
-                        receipt.fail(self.error(ConnectionError("the backplane was closed")))
-                        echoes.drop(receipt)
+                        self._batch_failed(batch, receipt, None)
                         raise
                     except Exception as exc:
-                        taken = 0
-                        if isinstance(exc, PartlySent):  # the first envelopes went out
-                            taken = sum(self._counts[: exc.envelopes])
-                            exc = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-                        self._lost(len(batch) - taken, exc)
-                        receipt.fail(self.error(exc), spared=taken)
-                        if echoes.active:  # what has not come back yet is delivered here
-                            echoes.drop(receipt)
-                        else:
-                            self._unsent(batch[taken:])
+                        self._batch_failed(batch, receipt, exc)
                     else:
                         if not echoes.sent(receipt):
                             receipt.settle()
@@ -388,6 +385,25 @@ class RelaySync(Sync):
         envelopes of at most ``max_body`` bytes unless one holds a single bigger
         message. A backend that gives event ids sets ``receipt.ids``."""
         await self._send(pack_batch(batch, self.max_body, self.header, data_bytes))
+
+    def _batch_failed(self, batch: list[Relayed], receipt: Receipt, exc: Exception | None) -> None:
+        """``_send_batch`` raised ``exc`` (``None``: cancelled, the backplane
+        is closing); a backend that settles parts of a batch itself overrides
+        it to handle only the rest."""
+        if exc is None:
+            receipt.fail(self.error(ConnectionError("the backplane was closed")))
+            self._echoes.drop(receipt)
+            return
+        taken = 0
+        if isinstance(exc, PartlySent):  # the first envelopes went out
+            taken = sum(self._counts[: exc.envelopes])
+            exc = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        self._lost(len(batch) - taken, exc)
+        receipt.fail(self.error(exc), spared=taken)
+        if self._echoes.active:  # what has not come back yet is delivered here
+            self._echoes.drop(receipt)
+        else:
+            self._unsent(batch[taken:])
 
     def _unsent(self, batch: list[Relayed]) -> None:
         """``batch`` could not be relayed (already reported as lost): by the

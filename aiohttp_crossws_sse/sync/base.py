@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._publication import Publication
 
@@ -20,7 +20,10 @@ class Relayed:
     ``namespace`` ``None`` means every namespace; ``id`` is the cluster-wide
     event id when the backplane assigns one (history in a cluster); ``sender``
     the id of the peer that published it, when the backplane hands an
-    instance its own publishes back (that peer does not get it).
+    instance its own publishes back (that peer does not get it). ``remote``:
+    it came from another instance through the backplane (a backend sets it
+    on what it decodes; ``stats()["relayed_in"]`` counts these); not
+    compared.
     """
 
     topic: str
@@ -29,6 +32,7 @@ class Relayed:
     namespace: str | None = None
     id: str | None = None
     sender: str | None = None
+    remote: bool = field(default=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +104,11 @@ class Sync(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Disconnect; idempotent."""
+
+    def interest(self, topic: str, wanted: bool) -> None:  # noqa: B027 - optional, no-op
+        """Called by the adapter when ``topic`` gains its first local subscriber
+        in a namespace (``wanted`` true) and when it loses its last one there
+        (false); a topic followed in two namespaces is reported twice. A
+        backend that subscribes by interest (``RedisSync(sharded=True)``)
+        follows only the topics wanted here; the others ignore it. Must not
+        block or raise: it runs inside ``peer.subscribe``."""

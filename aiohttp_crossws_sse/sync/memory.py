@@ -7,6 +7,7 @@ cluster, and to test code written for a real backplane without starting one.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from .._publication import DONE, Publication
 from .base import Relayed, Sync, SyncLink
@@ -69,7 +70,7 @@ class MemorySync(Sync):
 
     def receive(self, message: Relayed) -> None:
         if self._link is not None and self._loop is not None:
-            self._loop.call_soon(self._link.deliver, message)
+            self._loop.call_soon(self._link.deliver, replace(message, remote=True))
 
     async def close(self) -> None:
         if self._link is not None:

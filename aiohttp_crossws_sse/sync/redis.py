@@ -12,16 +12,18 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 
 from .._history import Replay
-from .._publication import Receipt
+from .._publication import Publication, Receipt
 from ._envelope import VERSION_IDS, publishes_with_ids, unpack_ids
-from ._redact import redact, secrets_of
 from ._redis_history import StreamHistory
+from ._redis_sharded import Sharded
+from ._redis_target import Target
+from ._redis_topology import discover
 from ._relay import RelaySync, positive
 from .base import Relayed, SyncLink
 
@@ -40,14 +42,29 @@ __all__ = ["RedisSync"]
 
 
 class RedisSync(RelaySync):
-    """Relays publishes between instances through one Redis pub/sub channel.
+    """Relays publishes between instances through one Redis pub/sub channel
+    (or, with ``sharded=True``, one per topic).
 
     ``url_or_client``: any URL redis-py accepts (``redis://[[user]:password@]host
     [:port][/db]``, ``rediss://`` for TLS, ``unix:///path/to/redis.sock``), or a
     ready ``redis.asyncio.Redis`` client — then its connection settings (pool,
     retry policy, TLS, auth) are used as they are and it is left open on
-    ``close``: it stays yours. Redis Cluster clients are not supported (one
-    channel lives on one node: point a plain client at it).
+    ``close``: it stays yours. A Redis Cluster needs ``sharded=True``: then
+    also a ``redis.asyncio.RedisCluster`` client (its settings are used for
+    connections of RedisSync's own to each primary; it is left open) or a list
+    of its nodes' URLs; a URL or client of one node is found to be a cluster's.
+
+    ``sharded`` (``False``): each topic on a channel of its own under
+    ``channel``, subscribed only while the topic has a local subscriber
+    (``Sync.interest``) or a replay reads it; on a Redis Cluster (7.0+) with
+    sharded pub/sub, a topic's channel and history on one slot. Order is kept
+    per publisher and topic; a topic's first local subscriber gets the
+    others' publishes once the subscription is in place (a round trip), and a
+    resuming client misses nothing (its replay waits for the subscription).
+    With history, ids are per group of topics (one on a plain Redis; a
+    topic's hash tag on a cluster): see the README, "Channels per topic".
+    A cluster node's outage is reported as that node's; the other nodes'
+    topics flow on.
 
     ``channel`` (required) scopes the cluster: every instance that should see
     the others' publishes uses the same one; apps sharing a Redis use
@@ -85,7 +102,7 @@ class RedisSync(RelaySync):
     further publishes are not relayed, and reported), ``fetch_timeout``
     (5 s, with history: a replay's read of the history not answered by then
     gives up, and the client's stream goes on without the replay),
-    ``ordered`` (``False``: see above).
+    ``ordered`` (``False``: see above), ``sharded`` (``False``: see above).
     """
 
     kind = "Redis"
@@ -93,7 +110,7 @@ class RedisSync(RelaySync):
 
     def __init__(
         self,
-        url_or_client: str | Redis,
+        url_or_client: str | Redis | RedisCluster | list[str],
         *,
         channel: str,
         heartbeat: float = 15.0,
@@ -103,6 +120,7 @@ class RedisSync(RelaySync):
         max_pending: int = 16 << 20,
         ordered: bool = False,
         fetch_timeout: float = 5.0,
+        sharded: bool = False,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -113,48 +131,38 @@ class RedisSync(RelaySync):
             max_pending=max_pending,
             ordered=ordered,
         )
-        if isinstance(url_or_client, str):
-            if not url_or_client:
-                raise ValueError("RedisSync needs a Redis URL or client")
-            self._url: str | None = url_or_client
-            self._given: Redis | None = None
-            self._secrets = secrets_of(url_or_client)
-        elif isinstance(url_or_client, Redis):
-            self._url = None
-            self._given = url_or_client
-            password = url_or_client.connection_pool.connection_kwargs.get("password")
-            self._secrets = (password,) if isinstance(password, str) and password else ()
-        else:
-            raise TypeError(
-                "RedisSync needs a Redis URL (str) or a redis.asyncio.Redis client, not "
-                f"{type(url_or_client).__name__}"
-            )
+        if not isinstance(sharded, bool):
+            raise TypeError(f"option 'sharded' must be a bool, not {type(sharded).__name__}")
+        target = self._target = Target(url_or_client, sharded)
+        self._url, self._given, self._secrets = target.url, target.given, target.secrets
         self.fetch_timeout = positive("fetch_timeout", fetch_timeout)
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._silently_reconnected = False
         self._history = StreamHistory(channel)  # used when SyncLink.history > 0
+        #: sharded mode (``_redis_sharded.py``): what it does in place of one channel
+        self._shards = Sharded(self) if sharded else None
+        self._topology: Any = None  # sharded: made on connect (_redis_topology.discover)
+        self.tracks_gaps = not sharded
+        self._tracker: StreamHistory | Any = self._history  # positions of delivered ids
 
     def describe(self) -> str:
-        if self._url is not None:
-            where = redact(self._url)
-        else:
-            assert self._given is not None
-            kwargs = self._given.connection_pool.connection_kwargs
-            if kwargs.get("path"):
-                where = f"unix://{kwargs['path']}"
-            else:
-                where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        return f"Redis at {where}, channel {self.channel!r}"
+        return f"{self._target.where()}, channel {self.channel!r}"
 
     # -- history (cluster-wide ids) -----------------------------------------------------
 
     async def start(self, link: SyncLink) -> None:
         self._history.size = link.history
+        if self._shards is not None:
+            self._shards.history.size = link.history
+            self._tracker = self._shards.history
         self.assigns_ids = link.history > 0
         await super().start(link)
 
     async def _send_batch(self, batch: list[Relayed], data_bytes: int, receipt: Receipt) -> None:
+        if self._shards is not None:
+            await self._shards.send_batch(batch)
+            return
         if not self.assigns_ids:
             await super()._send_batch(batch, data_bytes, receipt)
             return
@@ -168,8 +176,9 @@ class RedisSync(RelaySync):
         self._seq += 1
         return f"{VERSION_IDS}{self._own[1:]}{self._seq}\n"
 
-    def deliver_id_body(self, body: str) -> None:
-        """Hand the publishes of a version-2 body (with ids) to the local peers."""
+    def deliver_id_body(self, body: str, remote: bool = True) -> None:
+        """Hand the publishes of a version-2 body (with ids) to the local peers
+        (``remote``: of another instance; with ids, this one's come back too)."""
         link = self._link
         if link is None:
             return
@@ -178,8 +187,8 @@ class RedisSync(RelaySync):
         except ValueError as exc:
             self._malformed(body, exc)
             return
-        history = self._history
-        for seq, message in publishes_with_ids(epoch, first, flat):
+        history = self._tracker
+        for seq, message in publishes_with_ids(epoch, first, flat, remote):
             if message is None:
                 self._malformed(body, None)
                 continue
@@ -203,7 +212,7 @@ class RedisSync(RelaySync):
         within ``fetch_timeout`` (the replay then gives up: the client's
         stream goes on without it)."""
         client = self._client
-        if client is None:
+        if client is None and self._shards is None:
             return Replay([], False, 0, None)
         if not self._up:
             raise ConnectionError(
@@ -211,6 +220,10 @@ class RedisSync(RelaySync):
                 f"({self.reason(self._down_cause)})"
             )
         try:
+            if self._shards is not None:
+                async with asyncio.timeout(self.fetch_timeout):
+                    return await self._shards.fetch(topics, position, namespace, skip_sender)
+            assert client is not None
             return await self._history.fetch(
                 client, topics, position, namespace, skip_sender, self.fetch_timeout
             )
@@ -222,7 +235,35 @@ class RedisSync(RelaySync):
 
     def caught_up(self, replay: Replay) -> bool:
         """Whether live delivery continues right after ``replay`` (see ``fetch``)."""
+        if self._shards is not None:
+            return self._shards.history.caught_up(replay)
         return self._history.caught_up(replay)
+
+    # -- sharded mode (``_redis_sharded.py``) -----------------------------------------
+
+    def interest(self, topic: str, wanted: bool) -> None:
+        """Sharded: follow ``topic`` while it has a local subscriber (``Sync.interest``)."""
+        if self._shards is not None:
+            (self._shards.interest.add if wanted else self._shards.interest.remove)((topic,))
+
+    def publish(self, message: Relayed) -> Publication:
+        shards = self._shards
+        if shards is None:
+            return super().publish(message)
+        fresh = not self._pending
+        return shards.published(message, super().publish(message), self._pending, fresh)
+
+    def _batch_failed(self, batch: list[Relayed], receipt: Receipt, exc: Exception | None) -> None:
+        if self._shards is None:
+            super()._batch_failed(batch, receipt, exc)
+            return
+        self._shards.batch_failed(exc)
+        receipt.fail(self.error(exc or ConnectionError("the backplane was closed")))
+
+    def _unsent(self, batch: list[Relayed]) -> None:
+        if self._shards is not None:
+            self._shards.unsent(batch, self._down_cause)
+        super()._unsent(batch)
 
     def _missed_meanwhile(self) -> int | None:
         # With history, the cluster's seq says exactly what was missed: the
@@ -237,14 +278,19 @@ class RedisSync(RelaySync):
     async def _connect(self) -> None:
         if self._given is not None:
             self._client = self._given
-            return
-        assert self._url is not None
+        elif self._url is not None:
+            self._connect_url(self._url)
+        if self._shards is not None:
+            target = self._target
+            self._topology = await discover(
+                self.channel, self._client, target.cluster, target.urls, self.describe()
+            )
+
+    def _connect_url(self, url: str) -> None:
         # No silent retries: a dropped connection surfaces at once and is
         # reported; the listener reconnects with its own backoff. (A URL's
         # own query options, e.g. ?socket_connect_timeout=2, still win.)
-        self._client = Redis.from_url(
-            self._url, retry=Retry(_NoBackoff(), 0), socket_connect_timeout=5.0
-        )
+        self._client = Redis.from_url(url, retry=Retry(_NoBackoff(), 0), socket_connect_timeout=5.0)
 
     async def _disconnect(self) -> None:
         self._history.disconnected()
@@ -252,7 +298,7 @@ class RedisSync(RelaySync):
         if client is not None and client is not self._given:
             await client.aclose()
 
-    async def _send(self, envelopes: list[str]) -> None:
+    async def _send(self, envelopes: list[str]) -> None:  # (sharded mode: _send_batch)
         client = self._client
         assert client is not None
         if len(envelopes) == 1:
@@ -266,6 +312,9 @@ class RedisSync(RelaySync):
     # -- listening ---------------------------------------------------------------------
 
     async def _subscribe(self) -> None:
+        if self._shards is not None:
+            await self._shards.start(self._topology)
+            return
         client = self._client
         assert client is not None
         pubsub = self._pubsub = client.pubsub()
@@ -289,6 +338,9 @@ class RedisSync(RelaySync):
         self._silently_reconnected = True
 
     async def _unsubscribe(self) -> None:
+        if self._shards is not None:
+            await self._shards.stop()
+            return
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is None:
             return
@@ -299,10 +351,14 @@ class RedisSync(RelaySync):
         await cast(_Closing, pubsub).aclose()
 
     async def _listen(self) -> None:
+        if self._shards is not None:
+            await self._shards.run()  # every node handles its own outages
+            return
         pubsub = self._pubsub
         assert pubsub is not None
         heartbeat = self.heartbeat
         own = self._own.encode()
+        own_ids = VERSION_IDS + self._own[1:]  # this instance's envelopes with ids
         echoed = self.echoed
         loop = asyncio.get_running_loop()
         heard = loop.time()
@@ -335,7 +391,7 @@ class RedisSync(RelaySync):
                 body = self.accept(data)
                 if body is not None:
                     if data.startswith(VERSION_IDS):
-                        self.deliver_id_body(body)
+                        self.deliver_id_body(body, not data.startswith(own_ids))
                     else:
                         self.deliver_body(body)
 

@@ -7,9 +7,16 @@ Same contract as the other servers (``GET /sse``, ``GET /publish?n=M&size=S``,
                                time of its publish in ns and a space, then "x"
                                up to S bytes (for publish -> receive latency)
 
+  GET /sse?topics=I:K:N         subscribed to the topics t<j> for j in 0..N-1 with
+                               j % K == I (a share of N topics), not "bench"
+  GET /publish?...&topics=N&offset=O
+                               publish i goes to topic t<(O + i) % N>, its data
+                               "<O>:<i>" (padded to S bytes): spread over N topics
+
 Environment: PORT (default 8080); SYNC = "" (no backplane), "redis" or
 "postgres"; SYNC_URL (the Redis URL or Postgres DSN); CHANNEL (default
-"bench"); ORDERED=1 for ``ordered=True``; UVLOOP=0 for asyncio's default loop.
+"bench"); ORDERED=1 for ``ordered=True``; SHARDED=1 for
+``RedisSync(sharded=True)``; UVLOOP=0 for asyncio's default loop.
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ from aiohttp_crossws_sse import Peer, define_hooks, sse_adapter
 
 
 def open_(peer: Peer) -> None:
-    peer.subscribe("bench")
+    share = peer.request.query.get("topics")
+    if share:
+        mine, every, count = (int(x) for x in share.split(":"))
+        for j in range(mine, count, every):
+            peer.subscribe(f"t{j}")
+    else:
+        peer.subscribe("bench")
     peer.send("welcome")
 
 
@@ -39,7 +52,8 @@ def make_sync() -> Any:
     if kind == "redis":
         from aiohttp_crossws_sse.sync import RedisSync
 
-        return RedisSync(os.environ["SYNC_URL"], channel=channel, ordered=ordered)
+        sharded = os.environ.get("SHARDED") == "1"
+        return RedisSync(os.environ["SYNC_URL"], channel=channel, ordered=ordered, sharded=sharded)
     if kind == "postgres":
         from aiohttp_crossws_sse.sync import PostgresSync
 
@@ -63,9 +77,19 @@ async def publish(request: web.Request) -> web.Response:
     rate = float(request.query.get("rate", "0"))
     stamp = request.query.get("stamp") == "1"
     payload = "x" * size
-    if rate <= 0:
-        for _ in range(n):
+    topics = int(request.query.get("topics", "0"))
+    offset = int(request.query.get("offset", "0"))
+
+    def one(i: int) -> None:
+        if topics:  # spread over topics t0..t<topics-1>, each event says who and which
+            head = f"{offset}:{i}:"
+            sse.publish(f"t{(offset + i) % topics}", head + "x" * (size - len(head)))
+        else:
             sse.publish("bench", stamped(size) if stamp else payload)
+
+    if rate <= 0:
+        for i in range(n):
+            one(i)
         return web.Response(text="ok")
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -73,7 +97,7 @@ async def publish(request: web.Request) -> web.Response:
     while sent < n:  # publish whatever is due, then sleep until the next one is
         due = min(n, int((loop.time() - start) * rate) + 1)
         while sent < due:
-            sse.publish("bench", stamped(size) if stamp else payload)
+            one(sent)
             sent += 1
         await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
     return web.Response(text="ok")

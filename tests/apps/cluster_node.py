@@ -26,6 +26,11 @@ Routes (the adapter is bidirectional):
   event-loop iteration (a POST: such payloads outgrow a request line).
 - ``GET /errors``: what the ``error`` hook saw (JSON list of strings).
 - ``GET /health``: ``{"peers": n, "handler_errors": n}``.
+- ``GET /stats``: ``sse.stats()``.
+
+With ``&recovered=1`` on ``GET /sse``, the stream gets an event ``recovered``
+(data ``True``, ``False`` or ``None``: ``peer.recovered``) once its replay is
+done. ``options`` may hold ``"sharded": true``; ``url`` a list of node URLs.
 """
 
 from __future__ import annotations
@@ -59,10 +64,21 @@ def upgrade(request: web.Request) -> dict[str, Any] | None:
     return {"namespace": ns} if ns else None
 
 
+tasks: set[asyncio.Task[None]] = set()
+
+
+async def report_recovered(peer: Peer) -> None:
+    peer.send(str(await peer.wait_recovered()), event="recovered")
+
+
 def open_(peer: Peer) -> None:
     for topic in peer.request.query.get("topics", "chat").split(","):
         peer.subscribe(topic)
     peer.send("welcome")
+    if peer.request.query.get("recovered"):
+        task = asyncio.get_running_loop().create_task(report_recovered(peer))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
 def message(peer: Peer, msg: Message) -> None:
@@ -139,6 +155,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"peers": len(sse.peers), "handler_errors": handler_errors})
 
 
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(sse.stats())
+
+
 async def main() -> None:
     app = web.Application(middlewares=[count_errors])
     sse.setup(app, "/sse")
@@ -146,6 +166,7 @@ async def main() -> None:
     app.router.add_post("/batch", batch)
     app.router.add_get("/errors", show_errors)
     app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
