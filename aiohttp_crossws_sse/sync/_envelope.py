@@ -33,7 +33,9 @@ __all__ = [
     "ENCODER",
     "VERSION",
     "VERSION_IDS",
+    "as_text",
     "body_size",
+    "groups",
     "pack_batch",
     "publishes",
     "publishes_with_ids",
@@ -185,3 +187,26 @@ def publishes_with_ids(
         else:
             yield seq, Relayed(topic, data, event, namespace, format_id(epoch, seq), sender, remote)
         seq += 1
+
+
+def groups(batch: list[Relayed], limit: int) -> list[list[Relayed]]:
+    """``batch`` in consecutive groups of about ``limit`` bytes at most (the
+    history scripts' calls: one per group)."""
+    out: list[list[Relayed]] = []
+    group: list[Relayed] = []
+    size = 0
+    for m in batch:
+        cost = len(m.topic) + len(m.data) + _GUESS
+        if group and size + cost > limit:
+            out.append(group)
+            group, size = [], 0
+        group.append(m)
+        size += cost
+    if group:
+        out.append(group)
+    return out
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply as text (bytes decoded)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

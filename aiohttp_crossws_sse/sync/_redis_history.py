@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from .._frame import encode_published
 from .._history import Replay, format_id, new_epoch
-from ._envelope import ENCODER
+from ._envelope import ENCODER, as_text, groups
 from .base import Relayed
 
 __all__ = ["StreamHistory"]
@@ -37,8 +37,6 @@ _MAX_TRACKED = 4096
 _MAX_FETCHES = 16
 # Bytes of encoded frames kept for replays to share (see _FrameCache).
 _FRAME_CACHE_BYTES = 16 << 20
-# a guess at what a publish adds beyond its topic and data in a script call
-_GUESS = 64
 
 # Publishing with history, atomically: take the epoch (a new one if Redis
 # lost it), take n consecutive seqs, add each event to its topic's stream
@@ -168,7 +166,7 @@ class StreamHistory:
         candidate = new_epoch()
         sizes: list[int] = []
         async with client.pipeline(transaction=False) as pipe:
-            for group in _groups(batch, max_body // 2):  # the data travels twice
+            for group in groups(batch, max_body // 2):  # the data travels twice
                 sizes.append(len(group))
                 flat: list[Any] = []
                 args: list[Any] = [candidate, self.size, self._channel, "", "", self._streams]
@@ -181,7 +179,7 @@ class StreamHistory:
             results = await pipe.execute()
         ids: list[str | None] = []
         for size, (epoch, first) in zip(sizes, results, strict=True):
-            ids += (format_id(_text(epoch), seq) for seq in range(first, first + size))
+            ids += (format_id(as_text(epoch), seq) for seq in range(first, first + size))
         return ids
 
     # -- the live position ---------------------------------------------------------------
@@ -210,12 +208,12 @@ class StreamHistory:
         self._outage_missed = None if live_epoch is not None else 0
         if epoch is not None:
             seq_n = int(seq or 0)
-            if _text(epoch) == live_epoch:
+            if as_text(epoch) == live_epoch:
                 self._outage_missed = max(0, seq_n - live_seq)
             elif live_epoch is not None:  # Redis lost the history: all of the new one
                 self._outage_missed = seq_n
-            if _text(epoch) != live_epoch or seq_n > live_seq:
-                self.live = (_text(epoch), seq_n)
+            if as_text(epoch) != live_epoch or seq_n > live_seq:
+                self.live = (as_text(epoch), seq_n)
                 self._restart_tracking(seq_n)  # a jump: what lies before was not delivered
                 self.live_moved_on()
 
@@ -265,7 +263,7 @@ class StreamHistory:
         result = await self._fetch_script(
             keys=self._keys, args=[self._streams, after, live_seq, *topics]
         )
-        epoch = _text(result[0])
+        epoch = as_text(result[0])
         newest = int(result[1])
         if not epoch:  # Redis lost everything (restarted without persistence)
             return Replay([], False, 0, None)
@@ -282,11 +280,11 @@ class StreamHistory:
             return Replay([], complete, start, epoch)
         runs: list[tuple[int, bytes]] = []
         for i in range(2, len(result), 2):
-            deleted = int(_text(result[i]).split("-")[1])
+            deleted = int(as_text(result[i]).split("-")[1])
             if deleted > after:
                 complete = False
             for entry_id, fields in result[i + 1]:
-                seq = int(_text(entry_id).split("-")[1])
+                seq = int(as_text(entry_id).split("-")[1])
                 frame, ns, sender = self._frames.get(epoch, seq, fields[1])
                 if (ns is None or ns == namespace) and (sender is None or sender != skip_sender):
                     runs.append((seq, frame))
@@ -346,24 +344,3 @@ class StreamHistory:
         if replay.epoch is None:
             return True  # nothing is held: live delivery starts with the next publish
         return (replay.epoch, replay.upto) == self.live
-
-
-def _groups(batch: list[Relayed], limit: int) -> list[list[Relayed]]:
-    """``batch`` in consecutive groups of about ``limit`` bytes at most."""
-    groups: list[list[Relayed]] = []
-    group: list[Relayed] = []
-    size = 0
-    for m in batch:
-        cost = len(m.topic) + len(m.data) + _GUESS
-        if group and size + cost > limit:
-            groups.append(group)
-            group, size = [], 0
-        group.append(m)
-        size += cost
-    if group:
-        groups.append(group)
-    return groups
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

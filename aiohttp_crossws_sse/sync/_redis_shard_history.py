@@ -36,14 +36,13 @@ from redis.asyncio.client import Pipeline
 
 from .._frame import encode_published
 from .._history import Replay, format_id
-from ._envelope import ENCODER
+from ._envelope import ENCODER, as_text, groups
 from ._shards import ShardNames
 from .base import Relayed
 
 __all__ = ["GroupHistory"]
 
 _FRAME_CACHE_BYTES = 16 << 20
-_GUESS = 64  # what a publish adds beyond its topic and data in a script call
 _CURSOR = "\x00"  # marks a cursor in Replay.epoch (a client's id never holds NUL)
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -160,7 +159,7 @@ class GroupHistory:
         candidate = "".join(secrets.choice(_ALPHABET) for _ in range(self._epoch_length))
         channel = self.names.channel_of(topic)
         sizes = []
-        for group in _chunks(messages, max_body // 2):  # the data travels twice
+        for group in groups(messages, max_body // 2):  # the data travels twice
             flat: list[Any] = []
             args: list[Any] = [candidate, self.size, command, channel, "", "", topic]
             for m in group:
@@ -206,7 +205,7 @@ class GroupHistory:
             results = await pipe.execute()
         read: dict[str, Any] = {}
         for members, result in zip(groups.values(), results, strict=True):
-            epoch, seq = _text(result[0]), int(result[1])
+            epoch, seq = as_text(result[0]), int(result[1])
             for i, topic in enumerate(members):
                 evicted, count = _seq(result[2 + 3 * i]), int(result[3 + 3 * i])
                 read[topic] = (epoch, seq, evicted, count)
@@ -333,7 +332,7 @@ class GroupHistory:
             results = await pipe.execute()
         out = []
         for members, result in zip(groups.values(), results, strict=True):
-            epoch, seq = _text(result[0]), int(result[1])
+            epoch, seq = as_text(result[0]), int(result[1])
             for i, topic in enumerate(members):
                 evicted, before = _seq(result[2 + 3 * i]), _seq(result[3 + 3 * i])
                 out.append((epoch, seq, topic, evicted, before, result[4 + 3 * i]))
@@ -378,26 +377,6 @@ class GroupHistory:
         self.lost.clear()
 
 
-def _chunks(batch: list[Relayed], limit: int) -> list[list[Relayed]]:
-    groups: list[list[Relayed]] = []
-    group: list[Relayed] = []
-    size = 0
-    for m in batch:
-        cost = len(m.topic) + len(m.data) + _GUESS
-        if group and size + cost > limit:
-            groups.append(group)
-            group, size = [], 0
-        group.append(m)
-        size += cost
-    if group:
-        groups.append(group)
-    return groups
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _seq(stream_id: Any) -> int:
     """The seq of a stream id ``0-<seq>``."""
-    return int(_text(stream_id).partition("-")[2] or 0)
+    return int(as_text(stream_id).partition("-")[2] or 0)
