@@ -28,7 +28,7 @@ from .._history import Replay, format_id, new_epoch
 from ._envelope import ENCODER, as_text, groups
 from .base import Relayed
 
-__all__ = ["StreamHistory"]
+__all__ = ["FrameCache", "StreamHistory"]
 
 # Topics whose newest delivery is remembered while replays fetch; beyond
 # that many, tracking restarts (a fetch then reads once more).
@@ -88,32 +88,33 @@ return out
 """
 
 
-class _FrameCache:
-    """Encoded frames of the events replays read, by seq, least recently
-    used first out beyond ``_FRAME_CACHE_BYTES``: clients resuming at once
-    share one frame per event (as the in-process history does) instead of
-    each holding a copy of the history, and the records are decoded once."""
+class FrameCache:
+    """Encoded frames of the events replays read, by (epoch, seq), least
+    recently used first out beyond ``_FRAME_CACHE_BYTES``: clients resuming
+    at once share one frame per event (as the in-process history does)
+    instead of each holding a copy of the history, and the records are
+    decoded once."""
 
     def __init__(self) -> None:
-        self._epoch: str | None = None
-        self._entries: OrderedDict[int, tuple[bytes, str | None, str | None]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], tuple[bytes, str | None, str | None]] = (
+            OrderedDict()
+        )
         self._bytes = 0
 
     def get(
         self, epoch: str, seq: int, record: bytes | str
     ) -> tuple[bytes, str | None, str | None]:
-        """``(frame, namespace, sender)`` of event ``seq`` stored as ``record``."""
-        if epoch != self._epoch:  # seqs start over in a new epoch
-            self.clear()
-            self._epoch = epoch
+        """``(frame, namespace, sender)`` of event ``seq`` of ``epoch``,
+        stored as ``record``."""
         entries = self._entries
-        entry = entries.get(seq)
+        key = (epoch, seq)
+        entry = entries.get(key)
         if entry is not None:
-            entries.move_to_end(seq)
+            entries.move_to_end(key)
             return entry
         ns, event, data, sender = json.loads(record)
         entry = (encode_published(data, event=event, id=format_id(epoch, seq)), ns, sender)
-        entries[seq] = entry
+        entries[key] = entry
         self._bytes += len(entry[0])
         while self._bytes > _FRAME_CACHE_BYTES:
             self._bytes -= len(entries.popitem(last=False)[1][0])
@@ -138,7 +139,7 @@ class StreamHistory:
         self._live_moved: asyncio.Event | None = None  # set when live moves (if awaited)
         self._outage_missed: int | None = None  # publishes missed, read on resubscribing
         self._slots: asyncio.Semaphore | None = None  # see _fetch_slots
-        self._frames = _FrameCache()
+        self._frames = FrameCache()
         # While fetches are in flight: the newest seq delivered per topic,
         # for every delivery with a seq above _tracked_from (see _moved_on).
         self._fetching = 0

@@ -27,22 +27,20 @@ import asyncio
 import json
 import secrets
 import string
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from .._frame import encode_published
-from .._history import Replay, format_id
+from .._history import Replay
 from ._envelope import ENCODER, as_text, groups
+from ._redis_history import FrameCache
 from ._shards import ShardNames
 from .base import Relayed
 
 __all__ = ["GroupHistory"]
 
-_FRAME_CACHE_BYTES = 16 << 20
 _CURSOR = "\x00"  # marks a cursor in Replay.epoch (a client's id never holds NUL)
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -118,10 +116,7 @@ class GroupHistory:
         #: positions of topics whose subscription was lost (what it missed)
         self.lost: dict[str, tuple[str, int]] = {}
         self._moved: asyncio.Event | None = None
-        self._frames: OrderedDict[tuple[str, int], tuple[bytes, str | None, str | None]] = (
-            OrderedDict()
-        )
-        self._frame_bytes = 0
+        self._frames = FrameCache()
         self._publish: Any = None
         self._read: Any = None
 
@@ -356,23 +351,11 @@ class GroupHistory:
         self, epoch: str, seq: int, record: bytes | str
     ) -> tuple[bytes, str | None, str | None]:
         """``(frame, namespace, sender)`` of an event, shared by the replays
-        that read it (least recently used out beyond 16 MiB)."""
-        frames = self._frames
-        entry = frames.get((epoch, seq))
-        if entry is not None:
-            frames.move_to_end((epoch, seq))
-            return entry
-        ns, event, data, sender = json.loads(record)
-        entry = (encode_published(data, event=event, id=format_id(epoch, seq)), ns, sender)
-        frames[(epoch, seq)] = entry
-        self._frame_bytes += len(entry[0])
-        while self._frame_bytes > _FRAME_CACHE_BYTES:
-            self._frame_bytes -= len(frames.popitem(last=False)[1][0])
-        return entry
+        that read it (see ``FrameCache``)."""
+        return self._frames.get(epoch, seq, record)
 
     def disconnected(self) -> None:
         self._frames.clear()
-        self._frame_bytes = 0
         self.positions.clear()
         self.lost.clear()
 
