@@ -13,11 +13,9 @@ Environment: PORT (default 8080), UVLOOP=0 for the default asyncio loop.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import resource
-import sys
 
+from _serving import new_loop, raise_nofile
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
@@ -51,20 +49,8 @@ async def peers(request: web.Request) -> web.Response:
     return web.Response(text=str(len(clients)))
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    if os.environ.get("UVLOOP", "1") != "0":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            print("uvloop not installed: using asyncio's loop", file=sys.stderr)
-    return asyncio.new_event_loop()
-
-
 def main() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     app = web.Application()
     app.router.add_get("/sse", stream)
     app.router.add_get("/publish", publish)

@@ -38,10 +38,10 @@ import asyncio
 import json
 import logging
 import os
-import resource
 import sys
 import time
 
+from _serving import add_adapter_routes, new_loop, raise_nofile
 from aiohttp import web
 
 from aiohttp_crossws_sse import BackplaneError, Peer, define_hooks, sse_adapter
@@ -109,35 +109,14 @@ async def publish(request: web.Request) -> web.Response:
     return web.Response(text=event_id or "")
 
 
-async def peers(request: web.Request) -> web.Response:
-    return web.Response(text=str(len(sse.peers)))
-
-
-async def stats(request: web.Request) -> web.Response:
-    return web.Response(text=json.dumps(sse.stats()), content_type="application/json")
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    if os.environ.get("UVLOOP", "1") != "0":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            print("uvloop not installed: using asyncio's loop", file=sys.stderr)
-    return asyncio.new_event_loop()
-
-
 def main() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("aiohttp_crossws_sse").addHandler(SyncStates())
     app = web.Application()
     sse.setup(app, "/sse")
     app.router.add_get("/publish", publish)
-    app.router.add_get("/peers", peers)
-    app.router.add_get("/stats", stats)
+    add_adapter_routes(app, sse)
     web.run_app(
         app,
         host="127.0.0.1",

@@ -22,13 +22,12 @@ Environment: PORT (default 8080); SYNC = "" (no backplane), "redis" or
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import resource
 import sys
 import time
 from typing import Any
 
+from _serving import add_adapter_routes, new_loop, raise_nofile
 from aiohttp import web
 
 from aiohttp_crossws_sse import Peer, define_hooks, sse_adapter
@@ -103,33 +102,12 @@ async def publish(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def peers(request: web.Request) -> web.Response:
-    return web.Response(text=str(len(sse.peers)))
-
-
-async def stats(request: web.Request) -> web.Response:
-    return web.Response(text=json.dumps(sse.stats()), content_type="application/json")
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    if os.environ.get("UVLOOP", "1") != "0":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            print("uvloop not installed: using asyncio's loop", file=sys.stderr)
-    return asyncio.new_event_loop()
-
-
 def main() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     app = web.Application()
     sse.setup(app, "/sse")
     app.router.add_get("/publish", publish)
-    app.router.add_get("/peers", peers)
-    app.router.add_get("/stats", stats)
+    add_adapter_routes(app, sse)
     web.run_app(
         app,
         host="127.0.0.1",
